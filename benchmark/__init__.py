@@ -1,0 +1,29 @@
+"""hashbench's harness. Plugins import only what this module exports.
+
+    from benchmark import Attack, project, continuation_alpha   # an attack plugin
+    from benchmark import HashingMethod, pairwise_similarity     # a hashing-method plugin
+    from benchmark import Dataset, Splits, TensorImages           # a dataset plugin
+"""
+from benchmark.attack import Attack, AttackContext, continuation_alpha, label_vote_code, project
+from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
+                            one_hot, seeded_permutation)
+from benchmark.defense import Defense
+from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, logistic_pair_loss,
+                               make_optimizer, pairwise_similarity)
+from benchmark.model import HashModel, binarize
+from benchmark.plugins import Plugin, Registry
+
+HARNESS_VERSION = "1"
+
+
+def base_classes() -> dict[str, type[Plugin]]:
+    return {"hashing": HashingMethod, "attacks": Attack, "defenses": Defense, "datasets": Dataset}
+
+
+__all__ = [
+    "Attack", "AttackContext", "continuation_alpha", "label_vote_code", "project",
+    "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
+    "seeded_permutation", "Defense", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
+    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "Plugin", "Registry",
+    "HARNESS_VERSION", "base_classes",
+]

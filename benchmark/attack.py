@@ -1,0 +1,84 @@
+"""The attack plugin base, its context, and helpers shared by attacks.
+
+An attack is prepared once per victim (``prepare``: pick anchor codes, train a generator, ...) and
+then perturbs batches of queries (``perturb``). Epsilon is an L-inf budget in [0, 1] pixel units,
+set by the harness from the grid. Whatever a plugin returns, the harness projects it onto the
+epsilon ball and [0, 1] afterwards and records the achieved L-inf.
+
+Targeted attacks get ``target_labels`` drawn by the harness (seeded, stored per query); untargeted
+attacks receive them too and may ignore them.
+"""
+from __future__ import annotations
+
+import typing
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.data import ImageSet
+from benchmark.model import HashModel
+from benchmark.plugins import Plugin
+
+
+@dataclass
+class AttackContext:
+    """What ``prepare`` may use. The model is the surrogate (the victim itself in white-box cells)."""
+
+    model: HashModel                  # eval mode, frozen
+    database_codes: torch.Tensor      # (N, K) in {-1, +1}, on ``device``
+    database_labels: torch.Tensor     # (N, C) multi-hot, on ``device``
+    train: ImageSet                   # the surrogate's training set (images on demand)
+    num_classes: int
+    bits: int
+    device: torch.device
+    generator: torch.Generator        # seeded, CPU
+    info: dict = field(default_factory=dict)  # anything the attack wants recorded (e.g. prepare details)
+
+    def train_codes(self, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+        """Codes and labels of the training set under the model, (N_train, K) and (N_train, C)."""
+        if "_train_codes" not in self.info:
+            codes = [self.model.codes(x.to(self.device)) for x, _, _ in self.train.batches(batch_size)]
+            self.info["_train_codes"] = torch.cat(codes)
+        return self.info["_train_codes"], self.train.labels.to(self.device)
+
+
+class Attack(Plugin):
+    """Base of the attacks. Subclasses set ``targeted`` and implement ``perturb`` (and maybe ``prepare``)."""
+
+    kind: typing.ClassVar[str] = "attacks"
+    targeted: typing.ClassVar[bool] = False
+    perturbs: typing.ClassVar[bool] = True  # False only for the identity ("none"): no epsilon axis
+
+    epsilon: float = 8 / 255
+
+    def prepare(self, ctx: AttackContext) -> None:
+        self.ctx = ctx
+
+    def perturb(self, x: torch.Tensor, labels: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
+        """Adversarial images for queries ``x`` in [0, 1], (B, C, H, W)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict | None:
+        """What ``prepare`` learned, if it is worth caching (a trained generator); None otherwise."""
+        return None
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError
+
+
+def project(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float) -> torch.Tensor:
+    """Clip ``x_adv`` to the L-inf ball of radius ``epsilon`` around ``x``, then to [0, 1]."""
+    delta = torch.clamp(x_adv - x, -epsilon, epsilon)
+    return torch.clamp(x + delta, 0.0, 1.0)
+
+
+def continuation_alpha(iteration: int, iterations: int,
+                       schedule: tuple[float, ...] = (0.1, 0.1, 0.1, 0.1, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)) -> float:
+    """tanh scale for iteration ``iteration`` of ``iterations``: ten equal stages (DHTA's get_factor)."""
+    stage = min(len(schedule) - 1, (len(schedule) * iteration) // max(iterations, 1))
+    return schedule[stage]
+
+
+def label_vote_code(codes: torch.Tensor) -> torch.Tensor:
+    """Component-wise majority vote sign(sum_j b_j) of (n, K) codes; a tied component becomes +1."""
+    return torch.where(codes.sum(0) >= 0, 1.0, -1.0)

@@ -1,0 +1,214 @@
+"""Image sets, the query/database/train split, and the Dataset plugin base.
+
+Every image set hands out float batches in [0, 1], shape (B, C, H, W), and multi-hot labels (N, C).
+Normalisation and resizing live inside the victim model, so attacks work in [0, 1] pixel space.
+Large sets stream from disk in batches: only labels and paths are held in memory.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import typing
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from benchmark.plugins import Plugin
+
+
+class DatasetNotFound(FileNotFoundError):
+    """Raised with the places searched and how to get the data."""
+
+
+class ImageSet:
+    """A labelled set of images; subclasses implement ``__len__`` and ``load``."""
+
+    labels: torch.Tensor  # (N, C) float32 multi-hot
+
+    def __len__(self) -> int:
+        raise NotImplementedError
+
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        """Images at ``index`` (a 1-D int64 tensor) as float32 in [0, 1], (B, C, H, W)."""
+        raise NotImplementedError
+
+    def batches(self, batch_size: int, shuffle: bool = False,
+                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield ``(images, labels, index)`` batches."""
+        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        for start in range(0, len(self), batch_size):
+            index = order[start:start + batch_size]
+            yield self.load(index), self.labels[index], index
+
+    def subset(self, index: Sequence[int] | torch.Tensor) -> "ImageSet":
+        return SubsetImages(self, torch.as_tensor(index, dtype=torch.long))
+
+    def fingerprint(self) -> str:
+        """Content hash of the labels and identity of the images, for cache keys."""
+        digest = hashlib.sha256(self.labels.numpy().tobytes())
+        digest.update(self.identity().encode())
+        return digest.hexdigest()[:16]
+
+    def identity(self) -> str:
+        return f"{type(self).__name__}:{len(self)}"
+
+
+class TensorImages(ImageSet):
+    """Images held in memory as uint8 (N, C, H, W) or float in [0, 1]."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        if images.ndim != 4:
+            raise ValueError(f"images must be (N, C, H, W); got shape {tuple(images.shape)}")
+        if len(images) != len(labels):
+            raise ValueError(f"{len(images)} images but {len(labels)} label rows")
+        self.images = images
+        self.labels = labels.float()
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        batch = self.images[index]
+        return batch.float() / 255.0 if batch.dtype == torch.uint8 else batch.float()
+
+    def identity(self) -> str:
+        sample = self.images[:: max(1, len(self.images) // 64)]
+        return hashlib.sha256(sample.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+class SubsetImages(ImageSet):
+    def __init__(self, base: ImageSet, index: torch.Tensor):
+        self.base = base
+        self.index = index
+        self.labels = base.labels[index]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        return self.base.load(self.index[index])
+
+    def identity(self) -> str:
+        digest = hashlib.sha256(self.index.numpy().tobytes()).hexdigest()[:16]
+        return f"{self.base.identity()}[{digest}]"
+
+
+class FileImages(ImageSet):
+    """Images read from files on demand: Resize(256) on the shorter side, CenterCrop(224), [0, 1].
+
+    This is the test-time pipeline of the attack papers' code (ProS-GAN, THA, CgAT, SAAT).
+    """
+
+    def __init__(self, paths: Sequence[str | Path], labels: torch.Tensor, resize: int = 256, crop: int = 224,
+                 workers: int = min(8, os.cpu_count() or 1)):
+        if len(paths) != len(labels):
+            raise ValueError(f"{len(paths)} image paths but {len(labels)} label rows")
+        self.paths = [str(p) for p in paths]
+        self.labels = labels.float()
+        self.resize, self.crop, self.workers = resize, crop, workers
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _read(self, path: str) -> torch.Tensor:
+        from PIL import Image
+        from torchvision.transforms import functional as F
+
+        try:
+            with Image.open(path) as image:
+                image = image.convert("RGB")
+                image = F.resize(image, self.resize)
+                image = F.center_crop(image, self.crop)
+                return F.pil_to_tensor(image)
+        except FileNotFoundError:
+            raise DatasetNotFound(f"image file listed in the dataset is missing: {path}") from None
+
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        paths = [self.paths[i] for i in index.tolist()]
+        with ThreadPoolExecutor(self.workers) as pool:
+            images = list(pool.map(self._read, paths))
+        return torch.stack(images).float() / 255.0
+
+    def identity(self) -> str:
+        return hashlib.sha256("\n".join(self.paths).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Splits:
+    """The retrieval protocol: queries searched against a database; a model trained on ``train``."""
+
+    query: ImageSet
+    database: ImageSet
+    train: ImageSet
+    topk: int | None  # mAP cut-off; None means the whole database
+    num_classes: int
+    mean: tuple | None = None  # channel statistics for the small network's normalisation
+    std: tuple | None = None
+    notes: dict = field(default_factory=dict)
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images, read from the first query."""
+        return tuple(self.query.load(torch.tensor([0])).shape[1:])
+
+    def fingerprint(self) -> str:
+        parts = [self.query.fingerprint(), self.database.fingerprint(), self.train.fingerprint(), str(self.topk)]
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+    def sizes(self) -> dict[str, int]:
+        return {"n_query": len(self.query), "n_database": len(self.database), "n_train": len(self.train)}
+
+
+def data_roots(name: str, data_root: str | Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where to look for dataset ``name``: --data-root, $HASHBENCH_DATA, then ``extra``, in that order."""
+    roots: list[Path] = []
+    for base in (data_root, os.environ.get("HASHBENCH_DATA")):
+        if base:
+            roots += [Path(base), Path(base) / name]
+    roots += [Path(p) for p in extra]
+    return roots
+
+
+class Dataset(Plugin):
+    """A dataset plugin: where the files are, the split protocol, the mAP cut-off.
+
+    Subclasses set ``num_classes``, ``protocol`` (a short card) and implement ``load(data_root)``, which
+    returns ``Splits``. ``query_subset`` (0 = all queries) draws a seeded subset of the queries for
+    quick grids; it is part of the protocol and recorded on every row.
+    """
+
+    kind: typing.ClassVar[str] = "datasets"
+    num_classes: typing.ClassVar[int] = 0
+    multi_label: typing.ClassVar[bool] = False
+    protocol: typing.ClassVar[str] = ""
+
+    split_seed: int = 0
+    query_subset: int = 0
+
+    def load(self, data_root: str | Path | None = None) -> Splits:
+        raise NotImplementedError
+
+    def card(self) -> dict[str, object]:
+        return {"protocol": self.protocol, "classes": self.num_classes, "multi_label": self.multi_label,
+                **self.params()}
+
+    def splits(self, data_root: str | Path | None = None) -> Splits:
+        """``load`` plus the seeded query subset."""
+        splits = self.load(data_root)
+        if self.query_subset and self.query_subset < len(splits.query):
+            generator = torch.Generator().manual_seed(self.split_seed + 1)
+            pick = torch.randperm(len(splits.query), generator=generator)[: self.query_subset].sort().values
+            splits.query = splits.query.subset(pick)
+        return splits
+
+
+def seeded_permutation(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).permutation(n)
+
+
+def one_hot(classes: torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
+    classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
+    return torch.nn.functional.one_hot(classes, num_classes).float()

@@ -1,0 +1,110 @@
+"""The hashing-method plugin base and the standard training loop.
+
+A method supplies its loss on a batch: ``loss(outputs, labels, index)`` where ``outputs`` are the
+victim's pre-activation outputs y (B, K) and ``index`` the batch's positions in the training set (for
+memory banks). The base ``fit`` runs the usual loop. Methods with their own optimisation (DSDH's
+discrete B/W updates, ADSH's asymmetric database codes) use the ``begin``/``end_epoch`` hooks or
+override ``fit``; defenses reuse ``loss`` inside their own loops.
+"""
+from __future__ import annotations
+
+import logging
+import typing
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from benchmark.data import ImageSet
+from benchmark.model import HashModel
+from benchmark.plugins import Plugin
+
+log = logging.getLogger("hashbench")
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+@dataclass
+class TrainContext:
+    """What a training procedure gets besides the model and the data."""
+
+    device: torch.device
+    generator: torch.Generator            # seeded: shuffling and any sampling
+    num_classes: int
+    progress: Callable[[str], None] = lambda message: None
+    info: dict = field(default_factory=dict)  # anything the procedure wants recorded
+
+
+def pairwise_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """s_ij = 1 if items i and j share at least one label, else 0; (A, B) float."""
+    return (labels_a @ labels_b.t() > 0).float()
+
+
+def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; accepted: sgd, adam, rmsprop")
+
+
+def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingDiverged(
+            f"{method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+            f"lower its lr (e.g. --set hashing.{method}.lr=...) or check its inputs")
+
+
+class HashingMethod(Plugin):
+    """Base of the hashing methods. Subclasses set the paper's defaults and implement ``loss``."""
+
+    kind: typing.ClassVar[str] = "hashing"
+
+    epochs: int = 40
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    momentum: float = 0.9
+
+    def begin(self, train: ImageSet, bits: int, ctx: TrainContext) -> None:
+        """Called once before training: allocate memory banks and the like."""
+
+    def loss(self, outputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def end_epoch(self, model: HashModel, train: ImageSet, epoch: int, ctx: TrainContext) -> None:
+        """Called after each epoch (DSDH's discrete updates, HashNet's scale schedule, ...)."""
+
+    def make_optimizer(self, model: HashModel) -> torch.optim.Optimizer:
+        return make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay, self.momentum)
+
+    def fit(self, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
+        """The standard loop: shuffled batches, ``loss`` on the outputs, one optimiser step each."""
+        self.begin(train, model.bits, ctx)
+        optimizer = self.make_optimizer(model)
+        model.train()
+        for epoch in range(self.epochs):
+            total, steps = 0.0, 0
+            for step, (x, y, index) in enumerate(train.batches(self.batch_size, shuffle=True, generator=ctx.generator)):
+                x, y, index = x.to(ctx.device), y.to(ctx.device), index.to(ctx.device)
+                loss = self.loss(model.logits(x), y, index)
+                check_finite(loss, self.name, epoch, step)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total, steps = total + loss.item(), steps + 1
+            ctx.info.setdefault("loss_per_epoch", []).append(total / max(steps, 1))
+            self.end_epoch(model, train, epoch, ctx)
+            ctx.progress(f"epoch {epoch + 1}/{self.epochs} loss {total / max(steps, 1):.4f}")
+        model.eval()
+
+
+def logistic_pair_loss(theta: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """Elementwise -(s * theta - log(1 + e^theta)), computed stably; the DPSH/DSDH pair likelihood."""
+    return torch.nn.functional.softplus(theta) - similarity * theta
+

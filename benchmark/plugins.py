@@ -1,0 +1,222 @@
+"""Plugin base class and discovery by file path.
+
+A plugin is one ``.py`` file in ``methods/hashing/``, ``methods/attacks/``, ``methods/defenses/`` or
+``datasets/`` that defines one subclass of the matching base class. Its defaults are typed class
+attributes, declared once; the harness sets overrides on the instance and rejects unknown keys and
+wrong types. Files are imported by path (never as ``import datasets``), and a file that fails to import
+is reported with its path and error and skipped.
+
+    python bench.py list      # shows every plugin found, and every file that failed
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import sys
+import traceback
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("hashbench")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# kind -> folder relative to the plugin root
+PLUGIN_FOLDERS = {
+    "hashing": "methods/hashing",
+    "attacks": "methods/attacks",
+    "defenses": "methods/defenses",
+    "datasets": "datasets",
+}
+
+_META = {"name", "paper", "url", "kind", "source_file", "source_hash"}
+
+
+class Plugin:
+    """Base of every plugin: identity as literal class attributes, defaults as typed attributes."""
+
+    kind: typing.ClassVar[str] = ""
+    name: typing.ClassVar[str] = ""
+    paper: typing.ClassVar[str] = ""
+    url: typing.ClassVar[str] = ""
+    source_file: typing.ClassVar[str] = ""
+    source_hash: typing.ClassVar[str] = ""
+
+    @classmethod
+    def parameter_types(cls) -> dict[str, type]:
+        hints = typing.get_type_hints(cls)
+        return {
+            key: hint for key, hint in hints.items()
+            if not key.startswith("_") and key not in _META
+            and typing.get_origin(hint) is not typing.ClassVar
+        }
+
+    @classmethod
+    def defaults(cls) -> dict[str, object]:
+        return {key: getattr(cls, key) for key in cls.parameter_types()}
+
+    @classmethod
+    def configure(cls, overrides: dict | None = None):
+        """An instance with ``overrides`` applied after checking names and types."""
+        instance = cls()
+        types = cls.parameter_types()
+        for key, value in (overrides or {}).items():
+            if key not in types:
+                raise ValueError(
+                    f"{cls.kind} plugin {cls.name!r} has no parameter {key!r}; "
+                    f"it accepts: {', '.join(sorted(types)) or '(none)'}")
+            setattr(instance, key, coerce(value, types[key], f"{cls.name}.{key}"))
+        return instance
+
+    def params(self) -> dict[str, object]:
+        return {key: getattr(self, key) for key in self.parameter_types()}
+
+    def label(self) -> str:
+        """``name[k=v,...]`` with the non-default parameters in sorted key order."""
+        changed = {k: v for k, v in self.params().items() if v != getattr(type(self), k)}
+        if not changed:
+            return self.name
+        return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in sorted(changed.items()))}]"
+
+
+def format_value(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def coerce(value: object, hint: object, where: str) -> object:
+    """Accept ``value`` for an attribute typed ``hint``: exact type, int for float, or a str parse."""
+    allowed = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if value is None and type(None) in allowed:
+        return None
+    for kind in allowed:
+        if kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("true", "false", "1", "0"):
+                return value.lower() in ("true", "1")
+        elif kind is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lstrip("-").isdigit():
+                return int(value)
+        elif kind is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+            if isinstance(value, str):
+                try:
+                    return parse_fraction(value)
+                except ValueError:
+                    pass
+        elif kind is str:
+            if isinstance(value, str):
+                return value
+        elif isinstance(kind, type) and isinstance(value, kind):
+            return value
+    names = ", ".join(getattr(k, "__name__", str(k)) for k in allowed)
+    raise ValueError(f"{where} must be {names}; got {value!r} ({type(value).__name__})")
+
+
+def parse_fraction(text: str) -> float:
+    """'8/255' -> 0.0313..., '0.3' -> 0.3."""
+    text = text.strip()
+    if "/" in text:
+        num, den = text.split("/", 1)
+        return float(num) / float(den)
+    return float(text)
+
+
+@dataclass
+class PluginFailure:
+    kind: str
+    path: Path
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} plugin file {self.path} was skipped: {self.error}"
+
+
+@dataclass
+class Registry:
+    """Every plugin found under ``root``, by kind and name, and the files that failed."""
+
+    root: Path = REPO_ROOT
+    plugins: dict[str, dict[str, type[Plugin]]] = field(default_factory=dict)
+    failures: list[PluginFailure] = field(default_factory=list)
+
+    @classmethod
+    def discover(cls, root: Path | None = None, bases: dict[str, type[Plugin]] | None = None) -> "Registry":
+        from benchmark import base_classes
+
+        registry = cls(root=Path(root) if root else REPO_ROOT)
+        for kind, folder in PLUGIN_FOLDERS.items():
+            base = (bases or base_classes())[kind]
+            registry.plugins[kind] = {}
+            for path in sorted((registry.root / folder).glob("*.py")):
+                if path.name.startswith("_"):
+                    continue
+                try:
+                    plugin = load_plugin_file(path, kind, base)
+                except Exception as exc:  # a broken plugin must not stop the others
+                    failure = PluginFailure(kind, path, describe_exception(exc))
+                    registry.failures.append(failure)
+                    log.warning("%s", failure)
+                    continue
+                registry.plugins[kind][plugin.name] = plugin
+        return registry
+
+    def get(self, kind: str, name: str) -> type[Plugin]:
+        found = self.plugins.get(kind, {})
+        if name in found:
+            return found[name]
+        broken = [f for f in self.failures if f.kind == kind and f.path.stem == name]
+        if broken:
+            raise ValueError(f"{kind} plugin {name!r} failed to load: {broken[0].error}")
+        raise ValueError(
+            f"unknown {kind} plugin {name!r}; found: {', '.join(sorted(found)) or '(none)'} "
+            f"(in {self.root / PLUGIN_FOLDERS[kind]})")
+
+    def names(self, kind: str) -> list[str]:
+        return sorted(self.plugins.get(kind, {}))
+
+
+def describe_exception(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" (line {frames[-1].lineno})" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def load_plugin_file(path: Path, kind: str, base: type[Plugin]) -> type[Plugin]:
+    module_name = f"hashbench_plugins.{kind}.{path.stem}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    found = [obj for obj in vars(module).values()
+             if isinstance(obj, type) and issubclass(obj, base) and obj.__module__ == module_name]
+    if len(found) != 1:
+        raise TypeError(f"expected exactly one subclass of {base.__name__}, found {len(found)}")
+    plugin = found[0]
+    if plugin.name != path.stem:
+        raise TypeError(f"class {plugin.__name__} has name={plugin.name!r}; it must equal the file stem {path.stem!r}")
+    if not plugin.paper:
+        raise TypeError(f"class {plugin.__name__} must set paper (the citation it implements)")
+    plugin.kind = kind
+    plugin.source_file = str(path)
+    plugin.source_hash = file_hash(path)
+    plugin.parameter_types()  # fail now, not mid-grid, on a bad annotation
+    return plugin

@@ -1,0 +1,107 @@
+"""FashionMNIST with PPL's retrieval protocol (Zhang et al., AAAI 2021, Sec. Experiments).
+
+The 10,000 test images are the queries, the 60,000 training images the database, and 10,000 of
+those (a seeded draw) the training set. mAP is over the whole database. The IDX files are looked for
+under --data-root / $HASHBENCH_DATA, then Debian's dataset-fashion-mnist folder, then torchvision's
+download folder (downloading there if the network allows).
+"""
+from __future__ import annotations
+
+import gzip
+import typing
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark import Dataset, DatasetNotFound, Splits, TensorImages, data_roots, one_hot, seeded_permutation
+
+DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
+DOWNLOAD_FOLDER = Path.home() / ".cache" / "hashbench" / "data"
+FILES = {
+    "train_images": "train-images-idx3-ubyte", "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte", "test_labels": "t10k-labels-idx1-ubyte",
+}
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (optionally gzipped) as a numpy array."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4 or data[0] != 0 or data[1] != 0:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    ndim = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    if array.size != int(np.prod(shape)):
+        raise ValueError(f"{path} is truncated: expected {int(np.prod(shape))} values, found {array.size}")
+    return array.reshape(shape)
+
+
+def find_file(folder: Path, stem: str) -> Path | None:
+    for candidate in (folder / stem, folder / f"{stem}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_folder(candidates: list[Path]) -> Path | None:
+    for folder in candidates:
+        if all(find_file(folder, stem) for stem in FILES.values()):
+            return folder
+    return None
+
+
+def try_download() -> Path | None:
+    try:
+        from torchvision.datasets import FashionMNIST as TorchvisionFashionMNIST
+
+        TorchvisionFashionMNIST(str(DOWNLOAD_FOLDER), train=True, download=True)
+        TorchvisionFashionMNIST(str(DOWNLOAD_FOLDER), train=False, download=True)
+    except Exception:
+        return None
+    return find_folder([DOWNLOAD_FOLDER / "FashionMNIST" / "raw"])
+
+
+class FashionMNIST(Dataset):
+    """FashionMNIST (Xiao et al. 2017), 10 classes, 28x28 grey; the query/database/train split of PPL."""
+
+    name = "fashion_mnist"
+    paper = "Xiao, Rasul, Vollgraf, arXiv:1708.07747 (2017); retrieval protocol of PPL, AAAI 2021"
+    url = "https://github.com/zalandoresearch/fashion-mnist"
+    num_classes: typing.ClassVar[int] = 10
+    protocol: typing.ClassVar[str] = ("queries: the 10,000 test images; database: the 60,000 training images; "
+                                      "train: 10,000 of the database (seeded); mAP over the whole database")
+    channel_mean: typing.ClassVar[tuple] = (0.2860,)
+    channel_std: typing.ClassVar[tuple] = (0.3530,)
+
+    n_train: int = 10_000
+    topk: int = 0  # 0 = the whole database
+    download: bool = True
+
+    def locate(self, data_root) -> Path:
+        candidates = []
+        for root in data_roots(self.name, data_root, [DEBIAN_FOLDER, DOWNLOAD_FOLDER / "FashionMNIST" / "raw"]):
+            candidates += [root, root / "raw", root / "FashionMNIST" / "raw", root / "fashion-mnist"]
+        folder = find_folder(candidates) or (self.download and try_download())
+        if not folder:
+            searched = "\n  ".join(str(c) for c in dict.fromkeys(candidates))
+            raise DatasetNotFound(
+                f"FashionMNIST IDX files ({', '.join(FILES.values())}, optionally .gz) were not found. Looked in:\n  "
+                f"{searched}\nGet them with `apt-get install dataset-fashion-mnist` (Debian), or put them in a folder "
+                f"and pass --data-root FOLDER (or set HASHBENCH_DATA); torchvision's download was "
+                f"{'tried and failed' if self.download else 'disabled (download=False)'}.")
+        return folder
+
+    def load(self, data_root=None) -> Splits:
+        folder = self.locate(data_root)
+        arrays = {key: read_idx(find_file(folder, stem)) for key, stem in FILES.items()}
+        database = TensorImages(torch.from_numpy(arrays["train_images"].copy()).unsqueeze(1),
+                                one_hot(arrays["train_labels"], self.num_classes))
+        query = TensorImages(torch.from_numpy(arrays["test_images"].copy()).unsqueeze(1),
+                             one_hot(arrays["test_labels"], self.num_classes))
+        train_index = np.sort(seeded_permutation(len(database), self.split_seed)[: self.n_train])
+        return Splits(query=query, database=database, train=database.subset(train_index),
+                      topk=self.topk or None, num_classes=self.num_classes,
+                      mean=self.channel_mean, std=self.channel_std, notes={"folder": str(folder)})
