@@ -4,7 +4,8 @@
     from benchmark import HashingMethod, pairwise_similarity     # a hashing-method plugin
     from benchmark import Dataset, Splits, TensorImages           # a dataset plugin
 """
-from benchmark.attack import Attack, AttackContext, continuation_alpha, label_vote_code, project
+from benchmark.attack import (Attack, AttackContext, codes_with_label, continuation_alpha, label_vote_code,
+                              pgd_toward_codes, project)
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, seeded_permutation)
 from benchmark.defense import Defense
@@ -21,7 +22,7 @@ def base_classes() -> dict[str, type[Plugin]]:
 
 
 __all__ = [
-    "Attack", "AttackContext", "continuation_alpha", "label_vote_code", "project",
+    "Attack", "AttackContext", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "seeded_permutation", "Defense", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "Plugin", "Registry",

@@ -82,3 +82,52 @@ def continuation_alpha(iteration: int, iterations: int,
 def label_vote_code(codes: torch.Tensor) -> torch.Tensor:
     """Component-wise majority vote sign(sum_j b_j) of (n, K) codes; a tied component becomes +1."""
     return torch.where(codes.sum(0) >= 0, 1.0, -1.0)
+
+
+def codes_with_label(database_codes: torch.Tensor, database_labels: torch.Tensor, label: torch.Tensor,
+                     count: int, generator: torch.Generator) -> torch.Tensor:
+    """``count`` codes of database items whose label vector equals ``label``, drawn with replacement.
+
+    Raises ValueError if no database item carries exactly that label vector.
+    """
+    matches = torch.nonzero((database_labels == label).all(dim=1)).flatten()
+    if len(matches) == 0:
+        raise ValueError(f"no database item has the target label vector {label.int().tolist()}")
+    pick = torch.randint(len(matches), (count,), generator=generator)
+    return database_codes[matches[pick.to(matches.device)]]
+
+
+def pgd_toward_codes(model: HashModel, x: torch.Tensor, target_codes: torch.Tensor, epsilon: float,
+                     iterations: int, step_size: float, step_rule: str = "sign", random_start: bool = False,
+                     continuation: bool = False, alpha: float = 1.0,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """Projected gradient descent on L = -mean_k f(x + delta)_k * target_k, within the epsilon ball.
+
+    Maximises the inner product (minimises the Hamming distance) between the relaxed code of the
+    adversarial image and ``target_codes`` (B, K). An untargeted attack passes the negated clean code.
+    ``step_rule``: "sign" (delta -= step * sign(grad)), "l2" (delta -= step * grad / ||grad||_2 per image,
+    DHTA's original rule) or "raw" (delta -= step * grad). The relaxed code is tanh(alpha * y);
+    ``continuation`` replaces the fixed ``alpha`` by DHTA's ten-stage schedule 0.1 ... 1.0. A small alpha
+    matters: a victim trained towards binary outputs saturates tanh, and its gradient underflows to 0.
+    """
+    if step_rule not in ("sign", "l2", "raw"):
+        raise ValueError(f"step_rule must be 'sign', 'l2' or 'raw'; got {step_rule!r}")
+    delta = torch.zeros_like(x)
+    if random_start:
+        noise = torch.rand(x.shape, generator=generator) if generator is not None else torch.rand(x.shape)
+        delta = (noise.to(x.device) * 2 - 1) * epsilon
+    delta = project(x + delta, x, epsilon) - x
+    for iteration in range(iterations):
+        delta.requires_grad_(True)
+        scale = continuation_alpha(iteration, iterations) if continuation else alpha
+        loss = -(model(x + delta, alpha=scale) * target_codes).mean()
+        grad, = torch.autograd.grad(loss, delta)
+        with torch.no_grad():
+            if step_rule == "sign":
+                step = grad.sign()
+            elif step_rule == "l2":
+                step = grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *[1] * (grad.ndim - 1))
+            else:
+                step = grad
+            delta = project(x + delta - step_size * step, x, epsilon) - x
+    return (x + delta).detach()

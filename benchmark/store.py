@@ -1,0 +1,64 @@
+"""The result store: one parquet file per grid cell in ``results/``, read as one tidy table.
+
+    import pandas as pd
+    table = pd.read_parquet("results")     # one row per (cell, metric)
+
+Each file is written atomically under a name starting with '.', which pandas/pyarrow skip, then
+renamed. Failed cells are stored too (status "error" and the reason) but never count as done, so a
+rerun retries them.
+"""
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from benchmark.cache import atomic_write_bytes, quarantine
+
+log = logging.getLogger("hashbench")
+
+IDENTITY_COLUMNS = ["dataset", "hashing", "backbone", "bits", "defense", "attack", "epsilon", "surrogate",
+                    "scenario", "seed"]
+
+
+def cell_file(results_dir: str | Path, cell_key: str) -> Path:
+    return Path(results_dir) / f"{cell_key}.parquet"
+
+
+def write_cell(results_dir: str | Path, cell_key: str, rows: list[dict]) -> Path:
+    frame = pd.DataFrame(rows)
+    buffer = io.BytesIO()
+    frame.to_parquet(buffer, index=False)
+    path = cell_file(results_dir, cell_key)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
+def cell_done(results_dir: str | Path, cell_key: str) -> bool:
+    """True if the cell's file exists, is readable and holds a successful result."""
+    path = cell_file(results_dir, cell_key)
+    if not path.exists():
+        return False
+    try:
+        status = pd.read_parquet(path, columns=["status"])["status"]
+    except Exception as exc:
+        quarantine(path, f"{type(exc).__name__}: {exc}")
+        return False
+    return bool(len(status)) and bool((status == "ok").all())
+
+
+def read_results(results_dir: str | Path) -> pd.DataFrame:
+    """Every cell file as one table; an unreadable file is reported by name and skipped."""
+    frames = []
+    for path in sorted(Path(results_dir).glob("*.parquet")):
+        if path.name.startswith((".", "_")):
+            continue
+        try:
+            frames.append(pd.read_parquet(path))
+        except Exception as exc:
+            log.warning("result file %s is unreadable and was skipped: %s", path, exc)
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
