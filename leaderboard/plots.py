@@ -1,0 +1,102 @@
+"""Line charts as inline SVG markup (no plotting library: the pages must stay small and offline).
+
+``line_chart`` returns SVG text in which every string is escaped; the legend is HTML drawn by the
+template from the same series (``style`` gives each series its colour and dash pattern).
+"""
+from __future__ import annotations
+
+import math
+from html import escape
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+           "#7f7f7f", "#bcbd22"]
+DASHES = ["", "6 3", "2 2", "8 3 2 3"]
+W, H = 440, 270
+LEFT, RIGHT, TOP, BOTTOM = 52, 12, 10, 40
+
+
+def style(i: int) -> dict:
+    """Colour and dash pattern of the i-th series (10 colours, then dashed repeats)."""
+    return {"color": PALETTE[i % len(PALETTE)], "dash": DASHES[(i // len(PALETTE)) % len(DASHES)]}
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
+    if hi <= lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((hi - first) / step + 1e-9) + 1)]
+
+
+def fmt_tick(v: float) -> str:
+    return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.0e}"
+
+
+def line_chart(series: list[dict], xlabel: str, ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.0),
+               xlog: bool | None = None, xmin: float | None = None, xfmt=fmt_tick) -> str:
+    """SVG for ``series``: dicts with ``label``, ``points`` [(x, y)], ``color``, ``dash``; ``hline`` = y only.
+
+    ``xlog=None`` picks a log x axis when the positive x values span more than a factor of 20; ``xmin``
+    extends a linear x axis down to that value (e.g. 0 for epsilon).
+    """
+    xs = [x for s in series for x, _ in s.get("points", [])]
+    ys = [y for s in series for _, y in s.get("points", [])] + [s["hline"] for s in series if "hline" in s]
+    if not xs:
+        return ""
+    if xlog is None:
+        pos = [x for x in xs if x > 0]
+        xlog = len(pos) == len(xs) and max(pos) / min(pos) > 20
+    tx = (lambda v: math.log10(v)) if xlog else (lambda v: v)
+    x0, x1 = tx(min(xs)), tx(max(xs))
+    if xmin is not None and not xlog:
+        x0 = min(x0, xmin)
+    if x1 == x0:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    y0, y1 = ylim if ylim else (min(ys), max(ys))
+    y0, y1 = min(y0, min(ys, default=y0)), max(y1, max(ys, default=y1))
+    if y1 == y0:
+        y0, y1 = y0 - 0.5, y1 + 0.5
+    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+
+    def px(v):
+        return LEFT + (tx(v) - x0) / (x1 - x0) * pw
+
+    def py(v):
+        return TOP + (1 - (v - y0) / (y1 - y0)) * ph
+
+    out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" '
+           f'role="img" aria-label="{escape(ylabel)} against {escape(xlabel)}" class="chart">',
+           f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" class="plot"/>']
+    if xlog:
+        xticks = [10.0 ** e for e in range(math.floor(x0), math.ceil(x1) + 1) if x0 - 1e-9 <= e <= x1 + 1e-9]
+        xticks = xticks or [min(xs), max(xs)]
+    else:
+        xticks = nice_ticks(x0, x1)
+    for t in xticks:
+        out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{TOP + ph}" class="grid"/>'
+                   f'<text x="{px(t):.1f}" y="{TOP + ph + 14}" text-anchor="middle">{escape(xfmt(t))}</text>')
+    for t in nice_ticks(y0, y1):
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
+                   f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{escape(fmt_tick(t))}</text>')
+    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="axis">{escape(xlabel)}</text>'
+               f'<text transform="translate(12 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
+               f'class="axis">{escape(ylabel)}</text>')
+    for s in series:
+        dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
+        title = f"<title>{escape(s['label'])}</title>"
+        if "hline" in s:
+            y = py(s["hline"])
+            out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{y:.1f}" y2="{y:.1f}" stroke="{s["color"]}" '
+                       f'stroke-dasharray="4 3" class="series">{title}</line>')
+            continue
+        pts = sorted(s["points"])
+        coords = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
+        out.append(f'<g stroke="{s["color"]}" fill="{s["color"]}">{title}'
+                   f'<polyline points="{coords}" fill="none" class="series"{dash}/>')
+        if len(pts) <= 30:
+            out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2"/>' for x, y in pts)
+        out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)

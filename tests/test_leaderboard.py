@@ -1,0 +1,265 @@
+"""The static leaderboard: rendering a synthetic result store, escaping, offline pages, the papers' numbers."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leaderboard import store
+from leaderboard.render import render
+
+REPO = Path(__file__).resolve().parents[1]
+XSS = "<script>alert(1)</script>"
+ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.15.0+cu128", "faiss": "1.15.1", "git_commit": "abc1234",
+       "harness_version": "0.1", "python": "3.11.9"}
+
+
+def cell_rows(metrics: dict | None = None, *, curves: bool = False, error: str = "", **cell) -> list[dict]:
+    """The store's rows for one cell: ``metrics`` maps name -> value or (value, topk)."""
+    base = {"dataset": "fashion_mnist", "dataset_label": "fashion_mnist", "hashing": "dpsh", "hashing_label": "dpsh",
+            "backbone": "smallcnn", "bits": 16, "defense": "none", "defense_label": "none", "attack": "none",
+            "attack_label": "none", "epsilon": 0.0, "surrogate": "self", "scenario": "a2c", "seed": 0,
+            "n_query": 1000, "n_database": 59000, "n_train": 5000, "target_rule": "random_other_label",
+            "tie_rule": "stable_index", "search_backend": "faiss_cpu", "zero_relevant": "skip",
+            "epsilon_space": "pixel01", "ap_denominator": "retrieved_relevant", "attack_params": "{}",
+            "hashing_params": "{}", "defense_params": "{}", "dataset_params": "{}", "batch_size": 128,
+            **ENV, "created_at": "2025-01-02T03:04:05", "cell_seconds": 12.5}
+    base.update(cell)
+    base.setdefault("cell_key", "ck-" + "-".join(str(base[k]) for k in store.IDENTITY))
+    base.setdefault("victim_key", "vk-" + "-".join(str(base[k]) for k in ("dataset", "hashing", "backbone", "bits")))
+    measure = {"topk": 0, "recall": np.nan, "status": "ok", "error": ""}
+    if error:
+        return [{**base, **measure, "metric": "", "value": np.nan, "status": "error", "error": error}]
+    rows = []
+    for metric, value in (metrics or {}).items():
+        value, topk = value if isinstance(value, tuple) else (value, 0)
+        rows.append({**base, **measure, "metric": metric, "value": value, "topk": topk})
+    if curves:
+        scale = 1.0 - cell.get("epsilon", 0.0) * 10
+        rows += [{**base, **measure, "metric": "precision_at", "topk": n, "value": scale * (0.9 - 0.1 * i)}
+                 for i, n in enumerate((10, 100, 1000, 5000))]
+        rows += [{**base, **measure, "metric": "pr_precision", "recall": r, "value": scale * (1 - 0.5 * r)}
+                 for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
+    return rows
+
+
+def synthetic_rows() -> list[dict]:
+    dhta = {"attack": "dhta", "attack_params": json.dumps({"iterations": 300})}
+    rows = cell_rows({"map": (0.71234, 1000), "tmap": (0.10201, 1000), "perceptibility": 0.0, "linf": 0.0},
+                     curves=True)
+    for eps, m in ((4 / 255, 0.4), (8 / 255, 0.12345), (16 / 255, 0.05)):
+        rows += cell_rows({"map": (m, 1000), "tmap": (0.81234, 1000), "map_tie_aware": (m + 0.001, 1000),
+                           "perceptibility": 0.01234, "linf": 8 / 255, "linf_mean": 7.5 / 255, "l2": 0.9,
+                           "seconds_per_image": 1.2345, "prepare_seconds": 0.0},
+                          curves=True, attack_label="dhta[iterations=300]", epsilon=eps, **dhta)
+    rows += cell_rows({"map": (0.3333, 1000), "tmap": (0.6543, 1000), "seconds_per_image": 0.000712,
+                       "prepare_seconds": 321.0}, curves=True, attack="prosgan", attack_label="prosgan",
+                      epsilon=8 / 255, batch_size=64)
+    rows += cell_rows(error="CUDA out of memory while attacking (tried to allocate 2.00 GiB)",
+                      attack="hag", attack_label="hag", epsilon=8 / 255)
+    rows += cell_rows({"map": (0.5, 1000)}, attack="evil", attack_label=XSS, epsilon=8 / 255)
+    # PPL Table 1, FashionMNIST, ADSH 8 bits, clean-trained C->C (paper: 0.8496)
+    rows += cell_rows({"map": 0.85123}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c")
+    return rows
+
+
+def write_store(tmp_path: Path, rows: list[dict], files: int = 2) -> Path:
+    results = tmp_path / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    frame = pd.DataFrame(rows)
+    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
+        frame.iloc[part].to_parquet(results / f"part-{i}.parquet", index=False)
+    return results
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    tmp = tmp_path_factory.mktemp("lb")
+    index = render(write_store(tmp, synthetic_rows()), tmp / "site")
+    assert index == tmp / "site" / "index.html"
+    return index.parent
+
+
+def page(site: Path, name: str) -> str:
+    return (site / name).read_text(encoding="utf-8")
+
+
+def test_index_lists_every_cell_with_formatted_values(site):
+    html = page(site, "index.html")
+    tbody = html.split('id="cells"')[1]
+    assert tbody.count("<tr class=") == 8  # 8 cells, one row each
+    for label in ("dhta[iterations=300]", "prosgan", "hag", "fashion_mnist", "smallcnn"):
+        assert f">{label}<" in tbody
+    for text in ("0.7123", "0.1235", "0.8123", "0.1245", "0.0123", "8.0/255", "1.23 s", "0.000712 s", "8/255",
+                 "4/255", "16/255", "@1000", "@all", "0.8512"):
+        assert text in tbody, text
+    assert 'data-sort="0.71234"' in tbody  # sorting uses the raw number
+
+
+def test_error_cell_shows_its_reason(site):
+    html = page(site, "index.html")
+    row = next(r for r in html.split("<tr") if "CUDA out of memory" in r)
+    assert 'class="error"' in row and ">hag<" in row
+    assert "tried to allocate 2.00 GiB" in row
+
+
+def test_plugin_strings_are_escaped_everywhere(site):
+    for name in ("index.html", "curves.html", "timing.html", "papers.html"):
+        html = page(site, name)
+        assert XSS not in html, name
+        assert "<script>" not in html.replace("<script>\n", "", 1), name  # only our own inline script
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page(site, "index.html")
+
+
+def test_pages_work_offline(site):
+    for name in ("index.html", "curves.html", "timing.html", "papers.html"):
+        html = page(site, name)
+        assert not re.search(r"<script[^>]+src=", html), name
+        assert not re.search(r"<link[^>]+stylesheet", html), name
+        assert "http://" not in html and "https://" not in html, name
+        for href in re.findall(r'href="([^"#]+)"', html):  # every local link resolves inside the site
+            assert (site / href).exists(), (name, href)
+
+
+def test_downloads_hold_every_row(site, tmp_path):
+    csv = pd.read_csv(site / "results.csv")
+    parquet = pd.read_parquet(site / "results.parquet")
+    n = len(synthetic_rows())
+    assert len(csv) == len(parquet) == n
+    assert set(parquet["attack_label"]) >= {"dhta[iterations=300]", XSS}
+    assert 'href="results.csv"' in page(site, "index.html")
+
+
+def test_environment_and_timing(site):
+    assert "NVIDIA H100 80GB HBM3" in page(site, "index.html") and "abc1234" in page(site, "index.html")
+    timing = page(site, "timing.html")
+    assert "NVIDIA H100 80GB HBM3" in timing
+    dhta = next(r for r in timing.split("<tr>") if "dhta[iterations=300]" in r)
+    assert ">300<" in dhta and "1.23 s" in dhta and ">128<" in dhta
+    prosgan = next(r for r in timing.split("<tr>") if ">prosgan<" in r)
+    assert "321 s" in prosgan and ">64<" in prosgan and "0.000712 s" in prosgan
+
+
+def test_curves_page_has_svg_plots_with_legends(site):
+    html = page(site, "curves.html")
+    assert html.count("<svg") == 4  # precision@N, PR, mAP vs eps, t-MAP vs eps for the dpsh victim
+    assert "precision@N against N" in html and "precision against recall" in html and "mAP against ε" in html
+    assert "dhta[iterations=300] ε=8/255" in html and "clean queries (0.7123)" in html
+    assert html.count("<polyline") >= 9
+
+
+def test_papers_page_puts_measured_beside_paper(site):
+    html = page(site, "papers.html")
+    assert "PPL — Proactive Privacy-preserving Learning" in html and "CgAT (WWW 2023) — Table 5" in html
+    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
+    assert '<span class="meas"' in cell and ">0.8512" in cell and "≡" in cell  # like-for-like
+    other = re.search(r"<td[^>]*>0\.9221.*?</td>", html).group(0)  # PPL CIFAR-10 ADSH 8 bits C->C: not run
+    assert "—" in other and "meas none" in other
+    assert 'title="backbone assumed from Implementation Details (2 conv layers' in cell  # the note, as a tooltip
+    assert "1 of 192 measured" in html
+
+
+def test_papers_iterations_units_and_transfer_diagonal(tmp_path):
+    hag = {"dataset": "flickr25k", "dataset_label": "flickr25k", "hashing": "dph", "hashing_label": "dph",
+           "backbone": "vgg16", "bits": 32, "attack": "hag", "attack_label": "hag[iterations=500]",
+           "epsilon": 8 / 255, "attack_params": json.dumps({"iterations": 500})}
+    prosgan = {"dataset": "nuswide", "dataset_label": "nuswide", "backbone": "vgg11", "bits": 32,
+               "attack": "prosgan", "attack_label": "prosgan", "epsilon": 8 / 255}
+    rows = cell_rows({"map": (0.1234, 1000)}, **hag)  # HAG Table I flickr25k 32 bits iter=500: 0.1496
+    rows += cell_rows({"perceptibility": 0.0191, "tmap": (0.7777, 0)}, **prosgan)  # ProS-GAN Table 2: 1.87 x1e-2
+    html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
+    cell = re.search(r"<td[^>]*>0\.1496.*?</td>", html).group(0)
+    assert ">0.1234" in cell and "ε 8/255" in cell and "≡" not in cell  # iterations match, params not default
+    assert ">1.91" in re.search(r"<td[^>]*>1\.87.*?</td>", html).group(0)  # shown in the paper's unit
+    # ProS-GAN Table 3 diagonal H-VGG11* -> H-VGG11* (NUS-WIDE, vgg11, 32 bits) is the white-box cell
+    assert ">0.7777" in re.search(r"<td[^>]*>0\.7825<span.*?</td>", html).group(0)
+    assert html.count(">0.7777") == 3  # Table 1 (32 bits), Table 2, Table 3 diagonal; no off-diagonal source
+
+
+def test_papers_match_needs_the_same_scenario(tmp_path):
+    ppl = {"hashing": "adsh", "hashing_label": "adsh", "bits": 8, "attack": "ppl", "attack_label": "ppl",
+           "epsilon": 8 / 255, "surrogate": "dsdh/smallcnn/8"}
+    rows = cell_rows({"map": 0.6}, scenario="a2a", **ppl)  # PPL FashionMNIST ADSH 8 bits, clean-trained A->A
+    rows += cell_rows({"map": 0.7}, scenario="c2a", defense="ppl", defense_label="ppl", **ppl)  # A-trained C->A
+    rows += cell_rows({"map": 0.8}, hashing="adsh", hashing_label="adsh", bits=8)  # clean queries, default a2c
+    html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
+    assert html.count(">0.6000") == 1 and html.count(">0.7000") == 1 and html.count(">0.8000") == 1
+    fm = html[html.index("fashion_mnist"):]
+    clean_a2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>clean</td><td>ppl</td>"
+                          r"<td>a2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.6000", fm)
+    adv_c2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>adversarial</td><td>ppl</td>"
+                        r"<td>c2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.7000", fm)
+    clean_c2c = re.search(r"<td[^>]*>0\.8496<span class=\"meas\"[^>]*>0\.8000", fm)
+    assert clean_a2a and adv_c2a and clean_c2c
+
+
+def test_non_default_dataset_is_measured_but_not_like_for_like(tmp_path):
+    rows = cell_rows({"map": 0.84}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c",
+                     dataset_label="fashion_mnist[query_subset=500]")
+    html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
+    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
+    assert ">0.8400" in cell and "≡" not in cell and "query_subset=500" in cell
+
+
+@pytest.mark.parametrize("make", [lambda p: None, lambda p: (p / "results").mkdir(),
+                                  lambda p: ((p / "results").mkdir(), (p / "results" / ".gitkeep").touch())])
+def test_empty_or_missing_store_renders(tmp_path, make):
+    make(tmp_path)
+    site = render(tmp_path / "results", tmp_path / "site").parent
+    assert "No results yet" in page(site, "index.html")
+    assert "No results yet" in page(site, "curves.html")
+    assert "0.8496" in page(site, "papers.html")  # the papers' numbers do not need results
+    assert not (site / "results.csv").exists()
+
+
+def test_corrupt_file_is_named_and_skipped_or_fatal(tmp_path):
+    results = write_store(tmp_path, synthetic_rows(), files=1)
+    (results / "broken.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.warns(UserWarning, match="broken.parquet"):
+        site = render(results, tmp_path / "site").parent
+    html = page(site, "index.html")
+    assert "Warning:" in html and "broken.parquet" in html and "0.7123" in html
+    assert "broken.parquet" in page(site, "papers.html")  # the banner is on every page
+    with pytest.raises(store.ResultStoreError, match="broken.parquet"):
+        render(results, tmp_path / "site2", strict=True)
+
+
+def test_file_without_required_columns_is_reported(tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    pd.DataFrame({"x": [1]}).to_parquet(results / "odd.parquet")
+    with pytest.warns(UserWarning, match=r"odd.parquet.*missing column"):
+        render(results, tmp_path / "site")
+
+
+def test_rerun_of_a_cell_replaces_the_older_rows(tmp_path):
+    old = cell_rows({"map": (0.2, 1000)}, created_at="2025-01-01T00:00:00")
+    new = cell_rows({"map": (0.3, 1000)}, created_at="2025-02-01T00:00:00")
+    df, _ = store.read_results(write_store(tmp_path, old + new))
+    assert store.cells(df)["map"].tolist() == [0.3]
+
+
+def test_formatting():
+    assert store.fmt_epsilon(8 / 255) == "8/255" and store.fmt_epsilon(0.03) == "0.03"
+    assert store.fmt_metric("map", 0.71234) == "0.7123" and store.fmt_metric("map", np.nan) == "—"
+    assert store.fmt_metric("linf", 8 / 255) == "8.0/255"
+    assert store.fmt_seconds(1234.5) == "1234 s" and store.fmt_seconds(0.0123456) == "0.0123 s"
+    assert store.iterations('{"iterations": 2000, "lr": 0.1}') == 2000 and store.iterations("not json") is None
+
+
+def test_command_line(tmp_path):
+    results = write_store(tmp_path, synthetic_rows(), files=1)
+    done = subprocess.run([sys.executable, "-m", "leaderboard.render", "--results", str(results), "--out",
+                           str(tmp_path / "site")], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().endswith("index.html") and (tmp_path / "site" / "papers.html").exists()
+    (results / "bad.parquet").write_bytes(b"garbage")
+    done = subprocess.run([sys.executable, "-m", "leaderboard.render", "--results", str(results), "--out",
+                           str(tmp_path / "site"), "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1 and "bad.parquet" in done.stderr
