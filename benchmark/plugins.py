@@ -32,7 +32,7 @@ PLUGIN_FOLDERS = {
     "datasets": "datasets",
 }
 
-_META = {"name", "paper", "url", "kind", "source_file", "source_hash"}
+_META = {"name", "paper", "url", "kind", "source_file", "source_hash", "axis_parameters"}
 
 
 class Plugin:
@@ -44,6 +44,7 @@ class Plugin:
     url: typing.ClassVar[str] = ""
     source_file: typing.ClassVar[str] = ""
     source_hash: typing.ClassVar[str] = ""
+    axis_parameters: typing.ClassVar[tuple[str, ...]] = ()  # set by the harness from a grid axis, not a label
 
     @classmethod
     def parameter_types(cls) -> dict[str, type]:
@@ -75,8 +76,9 @@ class Plugin:
         return {key: getattr(self, key) for key in self.parameter_types()}
 
     def label(self) -> str:
-        """``name[k=v,...]`` with the non-default parameters in sorted key order."""
-        changed = {k: v for k, v in self.params().items() if v != getattr(type(self), k)}
+        """``name[k=v,...]`` with the non-default parameters in sorted key order (grid axes left out)."""
+        changed = {k: v for k, v in self.params().items()
+                   if v != getattr(type(self), k) and k not in self.axis_parameters}
         if not changed:
             return self.name
         return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in sorted(changed.items()))}]"
@@ -168,6 +170,28 @@ class Registry:
                     continue
                 registry.plugins[kind][plugin.name] = plugin
         return registry
+
+    @classmethod
+    def load_one(cls, kind: str, name: str, root: Path | None = None,
+                 bases: dict[str, type[Plugin]] | None = None) -> type[Plugin]:
+        """The plugin class in ``<root>/<folder of kind>/<name>.py``, importing only that file (not every plugin).
+
+        Errors read as ``get``'s: an unknown name lists the plugins in the folder, and a file that fails to
+        import raises ``ValueError`` naming the failure.
+        """
+        from benchmark import base_classes
+
+        if kind not in PLUGIN_FOLDERS:
+            raise ValueError(f"unknown plugin kind {kind!r}; known: {', '.join(PLUGIN_FOLDERS)}")
+        folder = (Path(root) if root else REPO_ROOT) / PLUGIN_FOLDERS[kind]
+        path = folder / f"{name}.py"
+        if not name.isidentifier() or name.startswith("_") or not path.is_file():
+            found = sorted(p.stem for p in folder.glob("*.py") if not p.name.startswith("_"))
+            raise ValueError(f"unknown {kind} plugin {name!r}; found: {', '.join(found) or '(none)'} (in {folder})")
+        try:
+            return load_plugin_file(path, kind, (bases or base_classes())[kind])
+        except Exception as exc:
+            raise ValueError(f"{kind} plugin {name!r} failed to load: {describe_exception(exc)}") from exc
 
     def get(self, kind: str, name: str) -> type[Plugin]:
         found = self.plugins.get(kind, {})

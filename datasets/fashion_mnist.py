@@ -79,10 +79,11 @@ class FashionMNIST(Dataset):
     n_train: int = 10_000
     topk: int = 0  # 0 = the whole database
     download: bool = True
+    system_folder: str = str(DEBIAN_FOLDER)  # where Debian's dataset-fashion-mnist puts the files
 
     def locate(self, data_root) -> Path:
         candidates = []
-        for root in data_roots(self.name, data_root, [DEBIAN_FOLDER, DOWNLOAD_FOLDER / "FashionMNIST" / "raw"]):
+        for root in data_roots(self.name, data_root, [Path(self.system_folder), DOWNLOAD_FOLDER / "FashionMNIST" / "raw"]):
             candidates += [root, root / "raw", root / "FashionMNIST" / "raw", root / "fashion-mnist"]
         folder = find_folder(candidates) or (self.download and try_download())
         if not folder:
