@@ -20,7 +20,7 @@ test: env data
 	$(PYTHON) -m pytest
 
 benchmark-search: env
-	$(PYTHON) -m pytest tests/bench_search.py --benchmark-enable --benchmark-only
+	$(PYTHON) -m pytest tests/bench_search.py --benchmark-only
 
 clean:
 	rm -rf .cache results/*.parquet leaderboard/site

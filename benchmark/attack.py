@@ -48,6 +48,7 @@ class Attack(Plugin):
     kind: typing.ClassVar[str] = "attacks"
     targeted: typing.ClassVar[bool] = False
     perturbs: typing.ClassVar[bool] = True  # False only for the identity ("none"): no epsilon axis
+    axis_parameters: typing.ClassVar[tuple[str, ...]] = ("epsilon",)
 
     epsilon: float = 8 / 255
 

@@ -1,0 +1,122 @@
+"""hashbench: adversarial robustness of deep-hashing image retrieval.
+
+    python bench.py                                   # the default grid on FashionMNIST, then the leaderboard
+    python bench.py --grid full --only attack=pgd,dhta --only bits=32
+    python bench.py list                              # every plugin found, with its paper and defaults
+    python bench.py leaderboard                       # render leaderboard/site from results/ only
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger("hashbench")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "list", "leaderboard", "plan"],
+                        help="run the grid (default), list plugins, render the leaderboard, or show the plan")
+    parser.add_argument("--grid", default="default", help="grid preset in grids/ or a .toml path (default: default)")
+    parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                        help="keep only cells whose AXIS is one of the values; repeatable")
+    parser.add_argument("--set", action="append", default=[], dest="settings", metavar="KIND.PLUGIN.PARAM=VALUE",
+                        help="override a plugin parameter for every cell, e.g. attacks.dhta.iterations=500")
+    parser.add_argument("--data-root", default=None, help="folder holding the datasets (else $HASHBENCH_DATA)")
+    parser.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
+    parser.add_argument("--results", default=str(ROOT / "results"), help="result store folder")
+    parser.add_argument("--cache", default=str(ROOT / ".cache"), help="stage cache folder")
+    parser.add_argument("--site", default=str(ROOT / "leaderboard" / "site"), help="leaderboard output folder")
+    parser.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="Hamming search backend")
+    parser.add_argument("--zero-relevant", default="count_as_zero", choices=["count_as_zero", "exclude"],
+                        help="AP of a query with no relevant item in the top k")
+    parser.add_argument("--target-rule", default="disjoint", choices=["disjoint", "different"],
+                        help="how target labels are drawn for targeted attacks")
+    parser.add_argument("--attack-batch", type=int, default=0, help="queries per attack batch (default 250 CPU, 1000 GPU)")
+    parser.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    parser.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard after a run")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser.parse_args(argv)
+
+
+def list_plugins(registry) -> None:
+    from benchmark.model import BACKBONES
+
+    titles = {"datasets": "Datasets", "hashing": "Hashing methods", "attacks": "Attacks", "defenses": "Defenses"}
+    for kind in ("datasets", "hashing", "attacks", "defenses"):
+        print(f"\n{titles[kind]} ({len(registry.plugins[kind])})")
+        for name in registry.names(kind):
+            plugin = registry.plugins[kind][name]
+            tags = ", ".join(t for t in ("targeted" if getattr(plugin, "targeted", False) else "",) if t)
+            print(f"  {name:<22} {plugin.paper}" + (f" [{tags}]" if tags else ""))
+            defaults = ", ".join(f"{k}={v!r}" for k, v in plugin.defaults().items())
+            if defaults:
+                print(f"  {'':<22} defaults: {defaults}")
+            if kind == "datasets":
+                print(f"  {'':<22} protocol: {plugin.protocol}")
+    print(f"\nBackbones ({len(BACKBONES)}; torchvision ones use ImageNet weights, append ':scratch' for random init)")
+    for spec in BACKBONES.values():
+        size = f"resized to {spec.input_size}" if spec.input_size else "native size"
+        print(f"  {spec.name:<22} {spec.paper} ({size})")
+    if registry.failures:
+        print(f"\nPlugin files that failed to load ({len(registry.failures)}):")
+        for failure in registry.failures:
+            print(f"  {failure}")
+
+
+def render_leaderboard(results: str, site: str) -> Path:
+    from leaderboard.render import render
+
+    return render(results, site)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
+    from benchmark import Registry
+
+    if args.command == "leaderboard":
+        print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
+        return 0
+    registry = Registry.discover()
+    if args.command == "list":
+        list_plugins(registry)
+        return 0
+
+    from benchmark.evaluation import EvaluationConventions
+    from benchmark.grid import expand, load_preset, parse_filters, parse_settings
+    from benchmark.runner import Runner
+
+    try:
+        cells = expand(load_preset(args.grid), registry, parse_filters(args.only), parse_settings(args.settings))
+        runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
+                        target_rule=args.target_rule,
+                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force)
+    except ValueError as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "plan":
+        for cell in cells:
+            print(cell.describe())
+        print(f"{len(cells)} cells")
+        return 0
+    print(f"grid {args.grid!r}: {len(cells)} cells on {runner.environment['device']}", file=sys.stderr)
+    try:
+        counts = runner.run(cells)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    if not args.no_leaderboard:
+        print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
+    return 1 if counts["error"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""End to end on a tiny grid: rows in the store, cache hits, resume after kill -9, clear failures."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from benchmark.grid import expand, load_preset
+from benchmark.runner import Runner
+from conftest import ROOT, TINY_GRID, write_grid
+
+REQUIRED_COLUMNS = {"dataset", "hashing", "backbone", "bits", "defense", "attack", "epsilon", "surrogate", "scenario",
+                    "seed", "metric", "topk", "value", "status", "device", "torch", "faiss", "git_commit"}
+
+
+def bench(*args, cwd=ROOT, **kwargs):
+    return subprocess.run([sys.executable, str(ROOT / "bench.py"), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny grid run once through the command line; reused by the tests below."""
+    work = tmp_path_factory.mktemp("run")
+    grid = write_grid(work / "tiny.toml", TINY_GRID)
+    args = ["--grid", str(grid), "--results", str(work / "results"), "--cache", str(work / "cache"),
+            "--site", str(work / "site")]
+    first = bench(*args)
+    return work, args, first
+
+
+def test_a_run_writes_one_tidy_table_and_the_leaderboard(tiny_run):
+    work, _, first = tiny_run
+    assert first.returncode == 0, first.stderr
+    table = pd.read_parquet(work / "results")
+    assert REQUIRED_COLUMNS <= set(table.columns)
+    assert set(table["attack"]) == {"none", "noise", "pgd", "dhta"}
+    assert (table["status"] == "ok").all()
+    for metric in ("map", "tmap", "map_tie_aware", "perceptibility", "linf", "seconds_per_image"):
+        assert metric in set(table["metric"]), metric
+    linf = table[table.metric == "linf"].set_index("attack")["value"]
+    assert linf["none"] == 0 and 0 < linf["pgd"] <= 16 / 255 + 1e-6
+    assert (work / "site" / "index.html").exists() and "leaderboard:" in first.stdout
+
+
+def test_a_second_run_takes_every_cell_from_the_cache(tiny_run):
+    work, args, _ = tiny_run
+    before = {p.name: p.stat().st_mtime_ns for p in (work / "results").glob("*.parquet")}
+    second = bench(*args, "--no-leaderboard")
+    assert second.returncode == 0, second.stderr
+    assert "0 cells computed, 4 from the cache" in second.stderr
+    assert before == {p.name: p.stat().st_mtime_ns for p in (work / "results").glob("*.parquet")}
+
+
+def test_editing_one_attack_parameter_reruns_only_its_cells(tiny_run, registry):
+    work, args, _ = tiny_run
+    rerun = bench(*args, "--no-leaderboard", "--set", "attacks.dhta.iterations=4")
+    assert "1 cells computed, 3 from the cache" in rerun.stderr, rerun.stderr
+
+
+def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
+            "--no-leaderboard"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and len(list((tmp_path / "results").glob("*.parquet"))) < 2:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    survived = {p.name for p in (tmp_path / "results").glob("*.parquet")}
+    assert 2 <= len(survived) < 4
+    pd.read_parquet(tmp_path / "results")  # the store is readable after the kill
+    resumed = bench(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{4 - len(survived)} cells computed, {len(survived)} from the cache" in resumed.stderr
+
+
+def test_a_corrupt_cache_entry_is_reported_and_recomputed(tmp_path, registry):
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace('["none", "noise", "pgd", "dhta"]', '"none"'))
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    cells = expand(load_preset(str(grid)), registry)
+    runner.run(cells)
+    victim_file = next((tmp_path / "cache" / "victims").glob("*.pt"))
+    victim_file.write_bytes(b"not a checkpoint")
+    next((tmp_path / "results").glob("*.parquet")).write_bytes(b"garbage")
+    fresh = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    assert fresh.run(cells) == {"ran": 1, "cached": 0, "error": 0}
+    assert list((tmp_path / "cache" / "victims").glob(".corrupt-*"))
+    assert (pd.read_parquet(tmp_path / "results")["status"] == "ok").all()
+
+
+def test_a_missing_dataset_says_where_it_looked(tmp_path):
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
+                                                                  f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
+    env = {**os.environ, "HASHBENCH_DATA": str(tmp_path / "nowhere")}
+    result = bench("--grid", str(grid), "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
+                   "--no-leaderboard", env=env)
+    assert result.returncode != 0
+    assert "FashionMNIST IDX files" in result.stderr and str(tmp_path / "nowhere") in result.stderr
+    assert "apt-get install dataset-fashion-mnist" in result.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--only", "attack=pdg"], "unknown attacks plugin 'pdg'"),
+    (["--only", "bits"], "malformed"),
+    (["--grid", "nope"], "unknown grid 'nope'"),
+])
+def test_bad_command_lines_fail_fast_with_a_clear_message(args, message):
+    result = bench(*args, "--no-leaderboard")
+    assert result.returncode == 2 and message in result.stderr
+
+
+def test_list_shows_plugins_backbones_and_dataset_cards():
+    result = bench("list")
+    assert result.returncode == 0
+    for text in ("dpsh", "dhta", "fashion_mnist", "protocol:", "vgg16", "resnet50", "smallcnn"):
+        assert text in result.stdout, text
