@@ -9,7 +9,7 @@ accepted.
     dataset = "fashion_mnist"
     hashing = ["dpsh"]
     bits = [16, 32]
-    attack = ["none", "pgd", "dhta"]
+    attack = ["none", "pgd", "dhta"]    # "*" = every attack plugin found
     epsilon = ["8/255", "16/255"]
     [block.params.attacks.dhta]
     iterations = 300
@@ -160,6 +160,8 @@ def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = No
         if missing:
             raise ValueError(f"grid block {number} does not give {', '.join(missing)}")
         for axis, kind in PLUGIN_AXES.items():
+            if "*" in axes[axis]:  # every plugin of that kind that was found
+                axes[axis] = registry.names(kind)
             for name in axes[axis]:
                 registry.get(kind, name)
         for backbone in axes["backbone"]:

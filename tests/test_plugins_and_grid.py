@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+import sys
 
 import pytest
 
@@ -14,7 +15,8 @@ def test_every_shipped_plugin_loads_and_is_documented(registry):
     for kind, plugins in registry.plugins.items():
         for name, plugin in plugins.items():
             assert plugin.name == name and plugin.paper, (kind, name)
-            assert (plugin.__doc__ or "").strip() or (plugin.__module__ and plugin.source_file), (kind, name)
+            module_doc = sys.modules[plugin.__module__].__doc__ or ""
+            assert module_doc.strip() or (plugin.__doc__ or "").strip(), f"{kind} plugin {name} has no docstring"
 
 
 def test_a_broken_plugin_file_is_skipped_and_reported(tmp_path, caplog):
@@ -91,3 +93,8 @@ def test_unknown_grid_and_bad_settings(registry):
         parse_settings(["dhta.iterations=3"])
     with pytest.raises(ValueError, match="no parameter 'foo'"):
         expand(load_preset("default"), registry, settings=parse_settings(["attacks.dhta.foo=3"]))
+
+
+def test_a_wildcard_axis_takes_every_plugin_found(registry):
+    cells = expand(load_preset("smoke"), registry)
+    assert {c.attack for c in cells} == set(registry.names("attacks"))

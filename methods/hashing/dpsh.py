@@ -33,8 +33,9 @@ class DPSH(HashingMethod):
     def begin(self, train, bits, ctx):
         if self.pairs not in ("batch", "memory"):
             raise ValueError(f"dpsh.pairs must be 'batch' or 'memory'; got {self.pairs!r}")
-        self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)
-        self.bank_labels = train.labels.to(ctx.device)
+        if self.pairs == "memory":
+            self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)
+            self.bank_labels = train.labels.to(ctx.device)
 
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)
