@@ -4,7 +4,7 @@ The conventions that change numbers are explicit (``EvaluationConventions``) and
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 

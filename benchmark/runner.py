@@ -27,7 +27,7 @@ from benchmark.hashing import TrainContext
 from benchmark.model import HashModel, build_victim
 from benchmark.plugins import Registry
 from benchmark.progress import Progress
-from benchmark.store import cell_done, cell_file, write_cell
+from benchmark.store import cell_done, write_cell
 from benchmark.targets import TARGET_RULES, draw_target_labels
 
 log = logging.getLogger("hashbench")
@@ -353,9 +353,3 @@ def evaluation_source_hash() -> str:
 
     return content_key(files=[file_hash(Path(m.__file__)) for m in (evaluation, metrics, search)])
 
-
-def pending(runner: Runner, cells: list[Cell]) -> list[Cell]:
-    return [c for c in cells if not cell_done(runner.results_dir, runner.cell_key(c))]
-
-
-__all__ = ["Runner", "VictimSpec", "cell_file", "pending"]
