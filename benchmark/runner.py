@@ -8,6 +8,7 @@ at once as its own parquet file (store.py), so a killed run loses at most the ce
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import time
@@ -204,8 +205,9 @@ class Runner:
                 log.debug("cell %s failed", cell.describe(), exc_info=True)
                 rows = [self.error_row(cell, key, exc)]
                 status = "error"
+            finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
             for row in rows:
-                row["cell_seconds"] = time.perf_counter() - started
+                row.update(cell_seconds=time.perf_counter() - started, created_at=finished_at)
             write_cell(self.results_dir, key, rows)
             counts["ran" if status == "ok" else "error"] += 1
             progress.cell_finished(cell, status, rows[0].get("error", ""))
