@@ -33,9 +33,9 @@ class CSQ(HashingMethod):
     url = "https://github.com/yuanli2333/Hadamard-Matrix-for-hashing"
 
     epochs: int = 40           # DeepHash-pytorch: 150 (pretrained AlexNet)
-    batch_size: int = 128      # DeepHash-pytorch: 128 (spec 2.7 cites 64)
-    optimizer: str = "adam"    # DeepHash-pytorch CSQ.py
-    lr: float = 1e-3           # DeepHash-pytorch CSQ.py
+    batch_size: int = 128      # DeepHash-pytorch CSQ.py (commit 0fc62a5; spec 2.7 cites 64 from another version)
+    optimizer: str = "adam"    # DeepHash-pytorch CSQ.py (0fc62a5; spec 2.7: rmsprop)
+    lr: float = 1e-3           # DeepHash-pytorch CSQ.py (0fc62a5; spec 2.7: 1e-5)
     weight_decay: float = 1e-5  # as the other methods (DeepHash-pytorch CSQ.py: 0)
     lam: float = 1e-4          # quantisation weight lambda (DeepHash-pytorch, CgAT; SAAT 0.05)
     center_tries: int = 20     # redraws of the random centres (DeepHash-pytorch, CgAT)

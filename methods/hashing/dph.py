@@ -6,14 +6,17 @@ The victim of HAG ("targeted hashing model"): inner products of the relaxed code
     L = 1/(N B) * sum_{i in batch} sum_j ( u_i^T u_j / K - s~_ij )^2,
     u = tanh(y),   s~_ij = 2 s_ij - 1  (+1 if i and j share a label, -1 otherwise, paper Eq. 12),
 
-where j runs over the N partners of each batch item. Departures: the paper averages over all N^2
-training pairs, and the reference code (TAD/PGAN/SAAT dph.py) pairs the batch with a memory bank of
-all training outputs (``pairs="memory"``); hashbench pairs within the batch by default
-(``pairs="batch"``, N = B), because a bank that starts at zero stalls at zero output on PPL's small
-network trained from scratch. The paper fine-tunes a pretrained VGG16 with SGD (lr 1e-3, momentum
-0.9, batch 24); the small network is trained from scratch with Adam at a lower lr: the loss's gradient
-is proportional to the outputs, which start near 0 (no quantisation term pushes them away, unlike
-DPSH), and Adam at lr 1e-3 drives them to zero within a few steps, where training stalls.
+where j runs over the N partners of each batch item.
+
+Departures: the paper averages over all N^2 training pairs, and the reference code (TAD/PGAN/SAAT
+dph.py) pairs the batch with a memory bank of all training outputs (``pairs="memory"``); hashbench
+pairs within the batch by default (``pairs="batch"``, N = B), because a bank that starts at zero
+stalled DPSH at zero output on PPL's small network trained from scratch (the lead's measurement, not
+repeated for DPH). The paper fine-tunes a pretrained VGG16 with SGD (lr 1e-3, momentum 0.9, batch
+24); the small network is trained from scratch with Adam at a lower lr: the loss's gradient is
+proportional to the outputs, which start near 0 (no quantisation term pushes them away, unlike
+DPSH), and Adam at lr 1e-3 drives them to zero within a few steps, where training stalls (mAP 0.34
+after 10 epochs at 32 bits, against 0.66 at lr 3e-4).
 """
 from __future__ import annotations
 
