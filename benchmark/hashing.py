@@ -16,7 +16,7 @@ from typing import Callable
 import torch
 
 from benchmark.data import ImageSet
-from benchmark.model import HashModel
+from benchmark.model import HashModel, binarize
 from benchmark.plugins import Plugin
 
 log = logging.getLogger("hashbench")
@@ -108,3 +108,21 @@ def logistic_pair_loss(theta: torch.Tensor, similarity: torch.Tensor) -> torch.T
     """Elementwise -(s * theta - log(1 + e^theta)), computed stably; the DPSH/DSDH pair likelihood."""
     return torch.nn.functional.softplus(theta) - similarity * theta
 
+
+def dsdh_discrete_update(B: torch.Tensor, U: torch.Tensor, Y: torch.Tensor, mu: float, nu: float, eta: float,
+                         rounds: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """DSDH's discrete cyclic coordinate descent on codes B (N, K) and classifier W (K, C); rows are items.
+
+    Shared by DSDH and DSDH-C (Li et al., NeurIPS 2017, Sec. 3.2): W by ridge regression, then each bit
+    column of B in closed form given the others.
+    """
+    bits = B.shape[1]
+    B = B.clone()
+    eye = torch.eye(bits, dtype=U.dtype, device=U.device)
+    for _ in range(rounds):
+        W = torch.linalg.solve(B.t() @ B + nu / mu * eye, B.t() @ Y)  # (K, C) ridge regression
+        P = Y @ W.t() + eta / mu * U                                   # (N, K)
+        for k in range(bits):
+            rest = [j for j in range(bits) if j != k]
+            B[:, k] = binarize(P[:, k] - B[:, rest] @ (W[rest] @ W[k]))
+    return B, W

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, binarize, logistic_pair_loss, pairwise_similarity
+from benchmark import HashingMethod, binarize, dsdh_discrete_update, logistic_pair_loss, pairwise_similarity
 
 
 class DSDH(HashingMethod):
@@ -73,18 +73,4 @@ class DSDH(HashingMethod):
         if not self.have_codes:
             self.B = binarize(self.U)
             self.have_codes = True
-        self.B, self.W = discrete_update(self.B, self.U, self.Y, self.mu, self.nu, self.eta, self.dcc_iter)
-
-
-def discrete_update(B, U, Y, mu, nu, eta, rounds):
-    """Discrete cyclic coordinate descent on codes B (N, K) and classifier W (K, C); rows are items."""
-    bits = B.shape[1]
-    B = B.clone()
-    eye = torch.eye(bits, dtype=U.dtype, device=U.device)
-    for _ in range(rounds):
-        W = torch.linalg.solve(B.t() @ B + nu / mu * eye, B.t() @ Y)  # (K, C) ridge regression
-        P = Y @ W.t() + eta / mu * U                                   # (N, K)
-        for k in range(bits):
-            rest = [j for j in range(bits) if j != k]
-            B[:, k] = binarize(P[:, k] - B[:, rest] @ (W[rest] @ W[k]))
-    return B, W
+        self.B, self.W = dsdh_discrete_update(self.B, self.U, self.Y, self.mu, self.nu, self.eta, self.dcc_iter)
