@@ -121,7 +121,10 @@ class Runner:
             return cached
         splits, _ = self.dataset(cell)
         channels, size, _ = splits.image_shape()
-        model = build_victim(spec.backbone, spec.bits, channels, size, splits.mean, splits.std).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only, not on what ran before
+            torch.manual_seed(spec.seed)
+            model = build_victim(spec.backbone, spec.bits, channels, size, splits.mean, splits.std)
+        model = model.to(self.device)
         stored = self.cache.load("victims", key)
         if stored is None:
             stored = self.train(spec, cell, splits, model, progress)

@@ -9,6 +9,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 from benchmark.grid import expand, load_preset
 from benchmark.runner import Runner
@@ -94,6 +95,22 @@ def test_a_corrupt_cache_entry_is_reported_and_recomputed(tmp_path, registry):
     assert fresh.run(cells) == {"ran": 1, "cached": 0, "error": 0}
     assert list((tmp_path / "cache" / "victims").glob(".corrupt-*"))
     assert (pd.read_parquet(tmp_path / "results")["status"] == "ok").all()
+
+
+def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
+    """The initial weights come from the cell's seed, not from the global RNG's history."""
+    from benchmark.progress import Progress
+    from benchmark.runner import VictimSpec
+
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("epochs = 2", "epochs = 1"))
+    cell = expand(load_preset(str(grid)), registry)[0]
+    states = []
+    for run, draws in enumerate((0, 1000)):
+        torch.rand(draws)  # a different global RNG history before each build
+        runner = Runner(registry, tmp_path / f"results{run}", tmp_path / f"cache{run}", device="cpu")
+        states.append(runner.victim(VictimSpec.of(cell), cell, Progress(1)).model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
