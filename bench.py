@@ -39,6 +39,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--target-rule", default="disjoint", choices=["disjoint", "different"],
                         help="how target labels are drawn for targeted attacks")
     parser.add_argument("--attack-batch", type=int, default=0, help="queries per attack batch (default 250 CPU, 1000 GPU)")
+    parser.add_argument("--threads", type=int, default=0, metavar="N",
+                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
+                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
     parser.add_argument("--force", action="store_true", help="recompute cells already in the result store")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard after a run")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -85,6 +88,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "leaderboard":
         print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
         return 0
+    if args.threads < 0:
+        print(f"bench.py: --threads must be a positive number of threads (0 = torch's default); got {args.threads}",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
     registry = Registry.discover()
     if args.command == "list":
         list_plugins(registry)
