@@ -26,12 +26,20 @@ from benchmark.evaluation import EvaluationConventions, evaluate_queries
 from benchmark.grid import Cell
 from benchmark.hashing import TrainContext
 from benchmark.model import HashModel, build_victim
-from benchmark.plugins import Registry
+from benchmark.plugins import Registry, file_hash
 from benchmark.progress import Progress
 from benchmark.store import cell_done, write_cell
 from benchmark.targets import TARGET_RULES, draw_target_labels
 
 log = logging.getLogger("hashbench")
+
+# The shared code each cached stage runs besides the plugin files; editing a module re-runs the stages that
+# use it (and only those). Deliberate changes elsewhere in the harness bump HARNESS_VERSION.
+PACKAGE_DIR = Path(__file__).resolve().parent
+TRAINING_CODE = ("data", "lists", "model", "hashing", "defense")
+ATTACK_CODE = ("attack",)
+TARGET_CODE = ("targets",)
+EVALUATION_CODE = ("evaluation", "metrics", "search")
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,8 @@ class Runner:
         _, data_identity = self.dataset(cell)
         method = self.registry.get("hashing", spec.hashing).configure(cell.overrides("hashing", spec.hashing))
         defense = self.registry.get("defenses", spec.defense).configure(cell.overrides("defenses", spec.defense))
-        return content_key(stage="victim", harness=HARNESS_VERSION, dataset=data_identity,
+        return content_key(stage="victim", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
+                           dataset=data_identity,
                            hashing=[method.name, method.params(), method.source_hash],
                            defense=[defense.name, defense.params(), defense.source_hash],
                            backbone=spec.backbone, bits=spec.bits, seed=spec.seed)
@@ -164,7 +173,8 @@ class Runner:
         return torch.cat([model.codes(x.to(self.device)).cpu() for x, _, _ in images.batches(batch_size)])
 
     def target_labels(self, cell: Cell, splits: Splits) -> torch.Tensor:
-        key = content_key(stage="targets", split=splits.fingerprint(), seed=cell.seed, rule=self.target_rule)
+        key = content_key(stage="targets", code=code_hash(TARGET_CODE), split=splits.fingerprint(), seed=cell.seed,
+                          rule=self.target_rule)
         targets = self.cache.load("targets", key)
         if targets is None:
             generator = torch.Generator().manual_seed(10_007 + cell.seed)
@@ -176,11 +186,13 @@ class Runner:
     def cell_key(self, cell: Cell) -> str:
         attack = self.registry.get("attacks", cell.attack).configure(cell.overrides("attacks", cell.attack))
         surrogate = VictimSpec.surrogate_of(cell)
-        return content_key(stage="cell", harness=HARNESS_VERSION, victim=self.victim_key(VictimSpec.of(cell), cell),
+        return content_key(stage="cell", harness=HARNESS_VERSION,
+                           code=code_hash(ATTACK_CODE + TARGET_CODE + EVALUATION_CODE),
+                           victim=self.victim_key(VictimSpec.of(cell), cell),
                            surrogate=self.victim_key(surrogate, cell) if cell.surrogate != "self" else "self",
                            attack=[attack.name, attack.params(), attack.source_hash], epsilon=cell.epsilon,
                            scenario=cell.scenario, target_rule=self.target_rule,
-                           conventions=self.conventions.as_dict(), evaluation=evaluation_source_hash())
+                           conventions=self.conventions.as_dict())
 
     def run(self, cells: list[Cell]) -> dict[str, int]:
         """Run every cell not already in the store; return counts of done/cached/error cells."""
@@ -251,8 +263,8 @@ class Runner:
         return [{**base, "topk": 0, "recall": float("nan"), **m} for m in metrics]
 
     def prepare_attack(self, attack, ctx: AttackContext, surrogate: Victim, cell: Cell) -> float:
-        prepare_key = content_key(stage="prepare", victim=surrogate.key, attack=[attack.name, attack.params(),
-                                  attack.source_hash], seed=cell.seed)
+        prepare_key = content_key(stage="prepare", code=code_hash(ATTACK_CODE), victim=surrogate.key,
+                                  attack=[attack.name, attack.params(), attack.source_hash], seed=cell.seed)
         stored = self.cache.load("prepared", prepare_key)
         started = time.perf_counter()
         if stored is not None:
@@ -352,9 +364,7 @@ def content_seed(key: str) -> int:
     return int(key[:12], 16)
 
 
-def evaluation_source_hash() -> str:
-    from benchmark import evaluation, metrics, search
-    from benchmark.plugins import file_hash
-
-    return content_key(files=[file_hash(Path(m.__file__)) for m in (evaluation, metrics, search)])
+def code_hash(modules: tuple[str, ...]) -> str:
+    """Hash of the shared ``benchmark`` modules a stage runs besides the plugin files."""
+    return content_key(files=[file_hash(PACKAGE_DIR / f"{module}.py") for module in modules])
 

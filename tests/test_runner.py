@@ -113,6 +113,33 @@ def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
+def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, registry, monkeypatch):
+    import shutil
+
+    from benchmark import runner as runner_module
+    from benchmark.runner import VictimSpec
+
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    cell = next(c for c in expand(load_preset(str(grid)), registry) if c.attack == "pgd")
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+
+    def keys():
+        return runner.victim_key(VictimSpec.of(cell), cell), runner.cell_key(cell)
+
+    original = keys()
+    package = tmp_path / "benchmark"
+    shutil.copytree(runner_module.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(runner_module, "PACKAGE_DIR", package)
+    assert keys() == original  # same code, same keys
+    with open(package / "attack.py", "a") as source:
+        source.write("\n# an edit to the shared attack code\n")
+    victim_key, cell_key = keys()
+    assert victim_key == original[0] and cell_key != original[1]  # the victim is reused, the cell reruns
+    with open(package / "model.py", "a") as source:
+        source.write("\n# an edit to the victim network\n")
+    assert keys()[0] != original[0]  # the victim is retrained
+
+
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
                                                                   f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
