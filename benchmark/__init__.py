@@ -15,7 +15,7 @@ from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize
 from benchmark.plugins import Plugin, Registry
 
-HARNESS_VERSION = "2"  # 2: victim initial weights seeded by the cell seed (1 left them to the global RNG)
+HARNESS_VERSION = "3"  # 3: attack draws seeded by the cell identity; 2: victim init seeded by the cell seed
 
 
 def base_classes() -> dict[str, type[Plugin]]:

@@ -236,7 +236,7 @@ class Runner:
         surrogate = victim if cell.surrogate == "self" else self.victim(surrogate_spec, cell, progress)
         attack = self.registry.get("attacks", cell.attack).configure(cell.overrides("attacks", cell.attack))
         attack.epsilon = cell.epsilon
-        generator = torch.Generator().manual_seed(content_seed(key))
+        generator = torch.Generator().manual_seed(attack_seed(cell))
         targets = self.target_labels(cell, splits)
         ctx = AttackContext(model=surrogate.model, database_codes=surrogate.database_codes,
                             database_labels=splits.database.labels.to(self.device), train=splits.train,
@@ -360,8 +360,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def content_seed(key: str) -> int:
-    return int(key[:12], 16)
+def attack_seed(cell: Cell) -> int:
+    """The seed of an attack's random draws (random starts, anchor picks), from the cell's identity and seed.
+
+    Not from the cell key: editing code or parameters must not change the draws, so a rerun after an edit,
+    or two schedules of one attack, differ by the change alone.
+    """
+    identity = content_key(seed=cell.seed, cell=[cell.dataset, cell.hashing, cell.backbone, cell.bits, cell.defense,
+                                                 cell.attack, cell.epsilon, cell.surrogate, cell.scenario])
+    return int(identity[:12], 16)
 
 
 def code_hash(modules: tuple[str, ...]) -> str:

@@ -140,6 +140,21 @@ def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, regist
     assert keys()[0] != original[0]  # the victim is retrained
 
 
+def test_attack_draws_follow_the_cell_and_its_seed_not_its_parameters(tmp_path, registry):
+    from benchmark.grid import parse_settings
+    from benchmark.runner import attack_seed
+
+    grid = load_preset(str(write_grid(tmp_path / "tiny.toml", TINY_GRID)))
+    short = {c.attack: c for c in expand(grid, registry)}
+    longer = {c.attack: c for c in expand(grid, registry, settings=parse_settings(["attacks.pgd.iterations=7"]))}
+    assert short["pgd"] != longer["pgd"]
+    assert attack_seed(short["pgd"]) == attack_seed(longer["pgd"])  # a schedule change keeps the random start
+    assert attack_seed(short["pgd"]) != attack_seed(short["dhta"])
+    reseeded = expand(load_preset(str(write_grid(tmp_path / "seed1.toml", TINY_GRID.replace(
+        'bits = 16', 'bits = 16\nseed = 1')))), registry)
+    assert attack_seed(short["pgd"]) != attack_seed(next(c for c in reseeded if c.attack == "pgd"))
+
+
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
                                                                   f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
