@@ -42,6 +42,10 @@ TARGET_CODE = ("targets",)
 EVALUATION_CODE = ("evaluation", "metrics", "search")
 
 
+class VictimTrainingFailed(RuntimeError):
+    """A victim whose training already failed in this run (the first failure's message follows)."""
+
+
 @dataclass(frozen=True)
 class VictimSpec:
     dataset: str
@@ -99,6 +103,7 @@ class Runner:
         self.environment = environment(self.device)
         self._splits: dict[str, tuple[Splits, dict]] = {}
         self._victims: dict[VictimSpec, Victim] = {}
+        self._failed_victims: dict[str, str] = {}  # victim key -> why its training failed in this run
 
     # ---------------------------------------------------------------- stages
     def dataset(self, cell: Cell) -> tuple[Splits, dict]:
@@ -136,7 +141,16 @@ class Runner:
         model = model.to(self.device)
         stored = self.cache.load("victims", key)
         if stored is None:
-            stored = self.train(spec, cell, splits, model, progress)
+            if key in self._failed_victims:  # not retrained for every cell of it; a new run tries again
+                raise VictimTrainingFailed(f"training {spec.label()} failed earlier in this run: "
+                                           f"{self._failed_victims[key]}")
+            try:
+                stored = self.train(spec, cell, splits, model, progress)
+            except (KeyboardInterrupt, VictimTrainingFailed):
+                raise
+            except Exception as exc:
+                self._failed_victims[key] = f"{type(exc).__name__}: {exc}"
+                raise
             self.cache.save("victims", key, stored)
         else:
             model.load_state_dict(stored["state"])

@@ -155,6 +155,31 @@ def test_attack_draws_follow_the_cell_and_its_seed_not_its_parameters(tmp_path, 
     assert attack_seed(short["pgd"]) != attack_seed(next(c for c in reseeded if c.attack == "pgd"))
 
 
+def test_a_victim_that_diverges_is_trained_once_and_every_cell_of_it_says_why(tmp_path, monkeypatch):
+    from benchmark import Registry
+
+    registry = Registry.discover()
+
+    class Diverging(registry.get("hashing", "dpsh")):
+        name = "diverging"
+
+        def loss(self, outputs, labels, index):
+            return outputs.sum() * float("nan")
+
+    registry.plugins["hashing"]["diverging"] = Diverging
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace('hashing = "dpsh"', 'hashing = "diverging"'))
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    trainings = []
+    train = runner.train
+    monkeypatch.setattr(runner, "train", lambda *args: trainings.append(1) or train(*args))
+    assert runner.run(expand(load_preset(str(grid)), registry)) == {"ran": 0, "cached": 0, "error": 4}
+    assert len(trainings) == 1
+    table = pd.read_parquet(tmp_path / "results")
+    assert (table["status"] == "error").all() and len(table) == 4
+    assert table["error"].str.contains("diverging loss became nan at epoch 1, step 1").all()
+    assert not list((tmp_path / "cache" / "victims").glob("*.pt"))  # a failure is never cached
+
+
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
                                                                   f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
