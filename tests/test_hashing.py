@@ -83,9 +83,9 @@ def test_dsh_loss_by_hand(registry):
 
 def dsdh_with_codes(registry, name):
     method = begun(registry, name, CLASSES3, 2, bits=2)
-    method.B = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, 1.0]])
-    method.W = torch.eye(2)
-    method.have_codes = True
+    method.state.B = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, 1.0]])
+    method.state.W = torch.eye(2)
+    method.state.have_codes = True
     return method
 
 
@@ -102,7 +102,7 @@ def test_dsdh_loss_by_hand(registry):
     method = dsdh_with_codes(registry, "dsdh")
     loss = method.loss(relaxed(U3), one_hot(CLASSES3, 2), torch.arange(3))
     assert loss.item() == pytest.approx(dsdh_by_hand(), rel=1e-6)
-    assert torch.allclose(method.U, torch.tensor(U3))  # the bank the discrete step reads
+    assert torch.allclose(method.state.U, torch.tensor(U3))  # the bank the discrete step reads
 
 
 def test_dsdh_c_adds_the_sliced_wasserstein_term(registry):
@@ -126,11 +126,11 @@ def test_dsdh_c_adds_the_sliced_wasserstein_term(registry):
 
 def test_dsdh_discrete_step_by_hand(registry):
     method = begun(registry, "dsdh", [0, 1], 2, bits=2)
-    method.U = torch.tensor([[0.9, 0.9], [-0.9, 0.9]])  # as if filled by one epoch of ``loss``
+    method.state.U = torch.tensor([[0.9, 0.9], [-0.9, 0.9]])  # as if filled by one epoch of ``loss``
     method.end_epoch(None, None, 0, context(2))
     # eta/mu * U dominates P = W Y + 55 U, so B = sign(U); then W = (B^T B + nu/mu I)^-1 B^T Y = (3 I)^-1 B^T
-    assert torch.equal(method.B, torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
-    assert torch.allclose(method.W, torch.tensor([[1.0, -1.0], [1.0, 1.0]]) / 3)
+    assert torch.equal(method.state.B, torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
+    assert torch.allclose(method.state.W, torch.tensor([[1.0, -1.0], [1.0, 1.0]]) / 3)
 
 
 def test_dch_loss_by_hand(registry):

@@ -16,6 +16,7 @@ It alternates two steps:
       W = (B B^T + nu/mu I)^-1 B Y^T,   then for each bit k:  B_k = sign(P_k - B'^T W' w_k),  P = W Y + eta/mu U,
   with B (K x N) the codes, U (K x N) a bank of the training outputs filled during the epoch from
   ``loss`` (the reference form), Y (C x N) the labels, and B', W' without bit k.
+Both steps live in ``benchmark.DSDHState``, which DSDH-C shares.
 
 Departures: the pairwise term pairs the batch with itself by default (``pairs="batch"``; ``"memory"``
 pairs it with the bank, as the reference code does, a bank that starts at zero); the discrete step runs once
@@ -29,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, binarize, dsdh_discrete_update, logistic_pair_loss, pairwise_similarity
+from benchmark import DSDHState, HashingMethod
 
 
 class DSDH(HashingMethod):
@@ -51,26 +52,10 @@ class DSDH(HashingMethod):
     def begin(self, train, bits, ctx):
         if self.pairs not in ("batch", "memory"):
             raise ValueError(f"dsdh.pairs must be 'batch' or 'memory'; got {self.pairs!r}")
-        self.U = torch.zeros(len(train), bits, device=ctx.device)  # (N, K) bank of training outputs
-        self.Y = train.labels.to(ctx.device)                        # (N, C)
-        self.B = torch.zeros(len(train), bits, device=ctx.device)  # (N, K) discrete codes, set by the first update
-        self.W = torch.zeros(bits, self.Y.shape[1], device=ctx.device)  # (K, C) classifier
-        self.have_codes = False
+        self.state = DSDHState.start(train.labels, bits, ctx.device)  # banks U, Y; codes B; classifier W
 
     def loss(self, outputs, labels, index):
-        u = torch.tanh(outputs)  # (B, K)
-        self.U[index] = u.detach()
-        others, other_labels = (self.U, self.Y) if self.pairs == "memory" else (u, labels)
-        theta = 0.5 * u @ others.t()
-        likelihood = logistic_pair_loss(theta, pairwise_similarity(labels, other_labels)).mean()
-        b = self.B[index] if self.have_codes else binarize(u.detach())  # (B, K)
-        quantisation = (b - u).pow(2).sum() / (len(u) * len(self.U))
-        classification = (labels - b @ self.W).pow(2).mean()
-        return likelihood + self.eta * quantisation + self.mu * classification + self.nu * self.W.pow(2).mean()
+        return self.state.network_loss(torch.tanh(outputs), labels, index, self.pairs, self.mu, self.nu, self.eta)
 
-    @torch.no_grad()
     def end_epoch(self, model, train, epoch, ctx):
-        if not self.have_codes:
-            self.B = binarize(self.U)
-            self.have_codes = True
-        self.B, self.W = dsdh_discrete_update(self.B, self.U, self.Y, self.mu, self.nu, self.eta, self.dcc_iter)
+        self.state.discrete_step(self.mu, self.nu, self.eta, self.dcc_iter)

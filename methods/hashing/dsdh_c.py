@@ -8,15 +8,15 @@ Everything of ``dsdh`` (same network step, same once-per-epoch discrete step; se
 
 the squared 1-D Wasserstein distance, bit by bit, between the batch's relaxed outputs u (B, K) and a fresh
 draw z (B, K) of independent uniform +-1 samples (the target distribution of balanced binary codes).
-DSDH-C repeats DSDH's code rather than importing it: plugins import only from ``benchmark`` and each
-file's hash keys its cached results. The departures are DSDH's (see dsdh.py); the +-1 samples come
+Both plugins run DSDH's two steps through ``benchmark.DSDHState`` (plugins import only from ``benchmark``,
+whose code is part of the victims' cache key). The departures are DSDH's (see dsdh.py); the +-1 samples come
 from a generator seeded from the TrainContext, so runs are reproducible.
 """
 from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, binarize, dsdh_discrete_update, logistic_pair_loss, pairwise_similarity
+from benchmark import DSDHState, HashingMethod
 
 
 class DSDHC(HashingMethod):
@@ -41,24 +41,13 @@ class DSDHC(HashingMethod):
     def begin(self, train, bits, ctx):
         if self.pairs not in ("batch", "memory"):
             raise ValueError(f"dsdh_c.pairs must be 'batch' or 'memory'; got {self.pairs!r}")
-        self.U = torch.zeros(len(train), bits, device=ctx.device)  # (N, K) bank of training outputs
-        self.Y = train.labels.to(ctx.device)                        # (N, C)
-        self.B = torch.zeros(len(train), bits, device=ctx.device)  # (N, K) discrete codes, set by the first update
-        self.W = torch.zeros(bits, self.Y.shape[1], device=ctx.device)  # (K, C) classifier
-        self.have_codes = False
+        self.state = DSDHState.start(train.labels, bits, ctx.device)  # banks U, Y; codes B; classifier W
         seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
         self.sampler = torch.Generator().manual_seed(seed)  # the +-1 target samples of the quantisation loss
 
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)  # (B, K)
-        self.U[index] = u.detach()
-        others, other_labels = (self.U, self.Y) if self.pairs == "memory" else (u, labels)
-        theta = 0.5 * u @ others.t()
-        likelihood = logistic_pair_loss(theta, pairwise_similarity(labels, other_labels)).mean()
-        b = self.B[index] if self.have_codes else binarize(u.detach())  # (B, K)
-        quantisation = (b - u).pow(2).sum() / (len(u) * len(self.U))
-        classification = (labels - b @ self.W).pow(2).mean()
-        dsdh = likelihood + self.eta * quantisation + self.mu * classification + self.nu * self.W.pow(2).mean()
+        dsdh = self.state.network_loss(u, labels, index, self.pairs, self.mu, self.nu, self.eta)
         return dsdh + self.q_weight * self.sliced_wasserstein(u)
 
     def sliced_wasserstein(self, u):
@@ -66,9 +55,5 @@ class DSDHC(HashingMethod):
         target = torch.randint(0, 2, u.shape, generator=self.sampler).to(u) * 2 - 1  # (B, K) in {-1, +1}
         return (u.sort(dim=0).values - target.sort(dim=0).values).pow(2).mean()
 
-    @torch.no_grad()
     def end_epoch(self, model, train, epoch, ctx):
-        if not self.have_codes:
-            self.B = binarize(self.U)
-            self.have_codes = True
-        self.B, self.W = dsdh_discrete_update(self.B, self.U, self.Y, self.mu, self.nu, self.eta, self.dcc_iter)
+        self.state.discrete_step(self.mu, self.nu, self.eta, self.dcc_iter)
