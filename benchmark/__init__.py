@@ -7,7 +7,7 @@
 from benchmark.attack import (Attack, AttackContext, codes_with_label, continuation_alpha, label_vote_code,
                               pgd_toward_codes, project)
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
-                            one_hot, seeded_permutation)
+                            one_hot, random_split, seeded_permutation)
 from benchmark.defense import Defense
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity)
@@ -25,7 +25,7 @@ def base_classes() -> dict[str, type[Plugin]]:
 __all__ = [
     "Attack", "AttackContext", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
-    "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
+    "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "Plugin", "Registry",
     "HARNESS_VERSION", "base_classes",

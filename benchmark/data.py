@@ -209,6 +209,15 @@ def seeded_permutation(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n)
 
 
+def random_split(n_items: int, seed: int, n_query: int, n_train: int) -> dict[str, np.ndarray]:
+    """Random queries, the rest as the database, the training set drawn from the database (sorted indices)."""
+    if n_query + n_train > n_items:
+        raise ValueError(f"{n_items} images cannot give {n_query} queries and {n_train} training images")
+    order = seeded_permutation(n_items, seed)
+    return {"query": np.sort(order[:n_query]), "database": np.sort(order[n_query:]),
+            "train": np.sort(order[n_query:n_query + n_train])}
+
+
 def one_hot(classes: torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
     classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
     return torch.nn.functional.one_hot(classes, num_classes).float()

@@ -22,7 +22,7 @@ import typing
 
 import numpy as np
 
-from benchmark import Dataset, Splits, load_lists, seeded_permutation
+from benchmark import Dataset, Splits, load_lists, random_split
 
 ALIASES = ("FLICKR-25K", "flickr25k", "mirflickr25k", "mirflickr", "flickr")
 HOW_TO_GET = ("Get the images from https://press.liacs.nl/mirflickr/ (mirflickr25k.zip) and the lists from "
@@ -32,11 +32,7 @@ HOW_TO_GET = ("Get the images from https://press.liacs.nl/mirflickr/ (mirflickr2
 
 def build_split(labels: np.ndarray, seed: int, n_query: int = 1_700, n_train: int = 5_000) -> dict[str, np.ndarray]:
     """Random queries, the rest as the database, the training set drawn from the database (sorted indices)."""
-    if n_query + n_train > len(labels):
-        raise ValueError(f"{len(labels)} images cannot give {n_query} queries and {n_train} training images")
-    order = seeded_permutation(len(labels), seed)
-    return {"query": np.sort(order[:n_query]), "database": np.sort(order[n_query:]),
-            "train": np.sort(order[n_query:n_query + n_train])}
+    return random_split(len(labels), seed, n_query, n_train)
 
 
 class Flickr25K(Dataset):

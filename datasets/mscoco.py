@@ -17,7 +17,7 @@ import typing
 
 import numpy as np
 
-from benchmark import Dataset, Splits, load_lists, seeded_permutation
+from benchmark import Dataset, Splits, load_lists, random_split
 
 ALIASES = ("MS-COCO", "mscoco", "coco", "COCO")
 HOW_TO_GET = ("Get train2014 and val2014 from https://cocodataset.org and the lists from "
@@ -27,11 +27,7 @@ HOW_TO_GET = ("Get train2014 and val2014 from https://cocodataset.org and the li
 
 def build_split(labels: np.ndarray, seed: int, n_query: int = 5_000, n_train: int = 10_000) -> dict[str, np.ndarray]:
     """Random queries, the rest as the database, the training set drawn from the database (sorted indices)."""
-    if n_query + n_train > len(labels):
-        raise ValueError(f"{len(labels)} images cannot give {n_query} queries and {n_train} training images")
-    order = seeded_permutation(len(labels), seed)
-    return {"query": np.sort(order[:n_query]), "database": np.sort(order[n_query:]),
-            "train": np.sort(order[n_query:n_query + n_train])}
+    return random_split(len(labels), seed, n_query, n_train)
 
 
 class MSCOCO(Dataset):
