@@ -4,8 +4,8 @@
     from benchmark import HashingMethod, pairwise_similarity     # a hashing-method plugin
     from benchmark import Dataset, Splits, TensorImages           # a dataset plugin
 """
-from benchmark.attack import (Attack, AttackContext, codes_with_label, continuation_alpha, label_vote_code,
-                              pgd_toward_codes, project)
+from benchmark.attack import (Attack, AttackContext, Perturbed, codes_with_label, continuation_alpha,
+                              label_vote_code, pgd_toward_codes, project)
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
 from benchmark.defense import Defense
@@ -13,7 +13,7 @@ from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, ch
                                logistic_pair_loss, make_optimizer, pairwise_similarity)
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize
-from benchmark.plugins import Plugin, Registry
+from benchmark.plugins import OneOf, Plugin, Range, Registry
 
 HARNESS_VERSION = "3"  # 3: attack draws seeded by the cell identity; 2: victim init seeded by the cell seed
 
@@ -23,10 +23,10 @@ def base_classes() -> dict[str, type[Plugin]]:
 
 
 __all__ = [
-    "Attack", "AttackContext", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
+    "Attack", "AttackContext", "Perturbed", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
-    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "Plugin", "Registry",
+    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "OneOf", "Plugin", "Range", "Registry",
     "HARNESS_VERSION", "base_classes",
 ]

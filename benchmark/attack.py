@@ -7,6 +7,12 @@ epsilon ball and [0, 1] afterwards and records the achieved L-inf.
 
 Targeted attacks get ``target_labels`` drawn by the harness (seeded, stored per query); untargeted
 attacks receive them too and may ignore them.
+
+``perturb`` returns the adversarial images, or a ``Perturbed`` when it has more to say: snapshots of one
+run at iteration milestones (each scored as its own rows, HAG Table I), and the codes it aimed at
+(DHTA's anchor code, ProS-GAN's prototype code), which the harness scores as queries themselves.
+An attack whose ``bounded`` is False (ProS-GAN) has no epsilon: its cells carry none, the harness does
+not project its output, and its achieved L-inf, L2 and perceptibility are recorded as for any attack.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import torch
 
 from benchmark.data import ImageSet
 from benchmark.model import HashModel
-from benchmark.plugins import Plugin
+from benchmark.plugins import Plugin, Range
 
 
 @dataclass
@@ -42,21 +48,53 @@ class AttackContext:
         return self.info["_train_codes"], self.train.labels.to(self.device)
 
 
+@dataclass
+class Perturbed:
+    """What ``perturb`` may return instead of a plain tensor of adversarial images.
+
+    ``images``: the final adversarial images (B, C, H, W), or ``{iteration: images}`` snapshots of one run at
+    its milestones (the largest iteration is the final result). ``codes``: target codes the attack aimed at,
+    ``{"anchor_code": (B, K) +-1}``; each is scored as a query (rows ``<name>_tmap`` and ``<name>_map``).
+    """
+
+    images: torch.Tensor | dict[int, torch.Tensor]
+    codes: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def snapshots(self) -> dict[int, torch.Tensor]:
+        return self.images if isinstance(self.images, dict) else {}
+
+    def final(self) -> torch.Tensor:
+        return self.images[max(self.images)] if isinstance(self.images, dict) else self.images
+
+
 class Attack(Plugin):
     """Base of the attacks. Subclasses set ``targeted`` and implement ``perturb`` (and maybe ``prepare``)."""
 
     kind: typing.ClassVar[str] = "attacks"
     targeted: typing.ClassVar[bool] = False
     perturbs: typing.ClassVar[bool] = True  # False only for the identity ("none"): no epsilon axis
+    bounded: typing.ClassVar[bool] = True   # False: no epsilon (ProS-GAN); a plugin may make it a parameter
     axis_parameters: typing.ClassVar[tuple[str, ...]] = ("epsilon",)
 
-    epsilon: float = 8 / 255
+    epsilon: typing.Annotated[float, Range(0, 1)] = 8 / 255  # set from the grid's epsilon axis
+
+    def is_bounded(self) -> bool:
+        """Whether this configured attack works inside the epsilon ball (and has an epsilon axis)."""
+        return bool(self.bounded)
+
+    def iteration_count(self) -> int:
+        """Optimisation steps per query (recorded as ``iterations`` on its rows); 0 for one-shot attacks."""
+        return int(getattr(self, "iterations", 0) or 0)
 
     def prepare(self, ctx: AttackContext) -> None:
         self.ctx = ctx
 
-    def perturb(self, x: torch.Tensor, labels: torch.Tensor, target_labels: torch.Tensor) -> torch.Tensor:
-        """Adversarial images for queries ``x`` in [0, 1], (B, C, H, W)."""
+    def perturb(self, x: torch.Tensor, labels: torch.Tensor,
+                target_labels: torch.Tensor) -> "torch.Tensor | Perturbed":
+        """Adversarial images for queries ``x`` in [0, 1], (B, C, H, W), or a ``Perturbed``.
+
+        ``x`` is the plugin's own copy: the harness keeps another to check the budget against.
+        """
         raise NotImplementedError
 
     def state_dict(self) -> dict | None:

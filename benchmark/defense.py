@@ -1,9 +1,16 @@
-"""The defense plugin base: a training procedure that yields a victim.
+"""The defense plugin base: a training procedure that yields a victim, or a data protection.
 
 ``fit(method, model, train, ctx)`` trains ``model`` in place. The "none" defense simply calls the
 hashing method's own ``fit``; adversarial training (ATRDH, CgAT) writes its own loop and calls
-``method.loss`` for the benign term. Data protection (PPL) is a defense whose ``protect`` returns
-perturbed images for the database and the queries, evaluated in the C->C, C->A, A->C, A->A scenarios.
+``method.loss`` for the benign term (``method.observe`` records the batch in the method's state; the
+loss itself never writes there, so adversarial outputs cannot leak into memory banks).
+
+A *protection* (PPL; ``protects = True``) is trained before data release: ``prepare_protection`` learns
+a generator from the training set (once per dataset, parameters and seed; its ``state_dict`` is cached
+like a victim), and ``protect`` maps clean images to released ones. The harness then evaluates the
+scenarios C->C, C->A, A->C and A->A (which of the queries and the database are protected) with models
+trained on clean or on protected data (the ``train_data`` axis); a protection's victims are trained by
+the method's own procedure.
 """
 from __future__ import annotations
 
@@ -19,10 +26,22 @@ from benchmark.plugins import Plugin
 
 class Defense(Plugin):
     kind: typing.ClassVar[str] = "defenses"
+    protects: typing.ClassVar[bool] = False  # True: a data protection (PPL), evaluated by scenario
 
     def fit(self, method: HashingMethod, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
         method.fit(model, train, ctx)
 
-    def protect(self, x: torch.Tensor) -> torch.Tensor | None:
-        """Protected images for release (PPL); None for defenses that do not alter the data."""
+    def prepare_protection(self, train: ImageSet, ctx: TrainContext) -> None:
+        """Learn the protection from the training set (a protection overrides this)."""
+        raise NotImplementedError(f"defense {self.name!r} is not a data protection")
+
+    def protect(self, x: torch.Tensor) -> torch.Tensor:
+        """Released images for clean images ``x`` in [0, 1], (B, C, H, W) -> same shape, in [0, 1]."""
+        raise NotImplementedError(f"defense {self.name!r} is not a data protection")
+
+    def state_dict(self) -> dict | None:
+        """What ``prepare_protection`` learned (cached); None for defenses that learn nothing apart."""
         return None
+
+    def load_state_dict(self, state: dict) -> None:
+        raise NotImplementedError

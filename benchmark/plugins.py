@@ -11,6 +11,7 @@ is reported with its path and error and skipped.
 from __future__ import annotations
 
 import hashlib
+import math
 import importlib.util
 import logging
 import sys
@@ -35,6 +36,47 @@ PLUGIN_FOLDERS = {
 _META = {"name", "paper", "url", "kind", "source_file", "source_hash", "axis_parameters"}
 
 
+@dataclass(frozen=True)
+class Range:
+    """Accepted interval of a numeric parameter: ``iterations: Annotated[int, Range(1)] = 2000``.
+
+    Without an annotation a numeric parameter must be >= 0 (no count, size, rate or weight of the papers
+    is negative); ``Range(None)`` lifts that.
+    """
+
+    low: float | None = 0
+    high: float | None = None
+    low_open: bool = False  # True: the low end itself is excluded (a learning rate > 0)
+
+    def check(self, value: float, where: str) -> None:
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and value > self.high
+        if below or above or not math.isfinite(value):
+            raise ValueError(f"{where} must be {self.describe()}; got {value!r}")
+
+    def describe(self) -> str:
+        low = "" if self.low is None else f"{'>' if self.low_open else '>='} {self.low:g}"
+        high = "" if self.high is None else f"<= {self.high:g}"
+        return " and ".join(p for p in (low, high) if p) or "a number"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """The accepted values of a string parameter: ``step_rule: Annotated[str, OneOf("sign", "l2")] = "sign"``."""
+
+    values: tuple[str, ...]
+
+    def __init__(self, *values: str):
+        object.__setattr__(self, "values", tuple(values))
+
+    def check(self, value: str, where: str) -> None:
+        if value not in self.values:
+            raise ValueError(f"{where} must be one of {', '.join(map(repr, self.values))}; got {value!r}")
+
+
+NON_NEGATIVE = Range(0)
+
+
 class Plugin:
     """Base of every plugin: identity as literal class attributes, defaults as typed attributes."""
 
@@ -48,12 +90,31 @@ class Plugin:
 
     @classmethod
     def parameter_types(cls) -> dict[str, type]:
-        hints = typing.get_type_hints(cls)
+        """Each parameter's type, ``Annotated`` constraints stripped (``parameter_checks`` has them)."""
+        return {key: strip_annotation(hint) for key, hint in cls._parameter_hints().items()}
+
+    @classmethod
+    def _parameter_hints(cls) -> dict[str, object]:
+        hints = typing.get_type_hints(cls, include_extras=True)
         return {
             key: hint for key, hint in hints.items()
             if not key.startswith("_") and key not in _META
             and typing.get_origin(hint) is not typing.ClassVar
         }
+
+    @classmethod
+    def parameter_checks(cls) -> dict[str, list]:
+        """Each parameter's constraints: its ``Range``/``OneOf`` annotations, else >= 0 for numbers."""
+        checks = {}
+        for key, hint in cls._parameter_hints().items():
+            declared = [m for m in getattr(hint, "__metadata__", ()) if isinstance(m, (Range, OneOf))]
+            base = strip_annotation(hint)
+            numeric = base in (int, float) or (typing.get_origin(base) in (typing.Union, types.UnionType)
+                                               and set(typing.get_args(base)) & {int, float})
+            if not any(isinstance(m, Range) for m in declared) and numeric:
+                declared.append(NON_NEGATIVE)
+            checks[key] = declared
+        return checks
 
     @classmethod
     def defaults(cls) -> dict[str, object]:
@@ -64,12 +125,17 @@ class Plugin:
         """An instance with ``overrides`` applied after checking names and types."""
         instance = cls()
         types = cls.parameter_types()
+        checks = cls.parameter_checks()
         for key, value in (overrides or {}).items():
             if key not in types:
                 raise ValueError(
                     f"{cls.kind} plugin {cls.name!r} has no parameter {key!r}; "
                     f"it accepts: {', '.join(sorted(types)) or '(none)'}")
-            setattr(instance, key, coerce(value, types[key], f"{cls.name}.{key}"))
+            value = coerce(value, types[key], f"{cls.name}.{key}")
+            if value is not None:
+                for check in checks[key]:
+                    check.check(value, f"{cls.name}.{key}")
+            setattr(instance, key, value)
         return instance
 
     def params(self) -> dict[str, object]:
@@ -82,6 +148,11 @@ class Plugin:
         if not changed:
             return self.name
         return f"{self.name}[{','.join(f'{k}={format_value(v)}' for k, v in sorted(changed.items()))}]"
+
+
+def strip_annotation(hint: object) -> object:
+    """``Annotated[int, Range(1)]`` -> ``int``."""
+    return typing.get_args(hint)[0] if typing.get_origin(hint) is typing.Annotated else hint
 
 
 def format_value(value: object) -> str:
@@ -128,6 +199,8 @@ def parse_fraction(text: str) -> float:
     text = text.strip()
     if "/" in text:
         num, den = text.split("/", 1)
+        if float(den) == 0:
+            raise ValueError(f"{text!r} divides by zero")
         return float(num) / float(den)
     return float(text)
 
