@@ -39,6 +39,7 @@ class AttackContext:
     device: torch.device
     generator: torch.Generator        # seeded, CPU
     info: dict = field(default_factory=dict)  # anything the attack wants recorded (e.g. prepare details)
+    progress: typing.Callable[[str], None] = lambda message: None  # one line on the progress view
 
     def train_codes(self, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
         """Codes and labels of the training set under the model, (N_train, K) and (N_train, C)."""

@@ -27,6 +27,9 @@ from benchmark.plugins import Plugin
 class Defense(Plugin):
     kind: typing.ClassVar[str] = "defenses"
     protects: typing.ClassVar[bool] = False  # True: a data protection (PPL), evaluated by scenario
+    # True: ``fit`` receives the model already trained by the method without defense (same method, backbone,
+    # bits, seed; taken from the cache), as adversarial fine-tuning does (CgAT: 30 epochs from the victim)
+    starts_from_victim: typing.ClassVar[bool] = False
 
     def fit(self, method: HashingMethod, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
         method.fit(model, train, ctx)
