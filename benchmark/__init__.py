@@ -12,7 +12,7 @@ from benchmark.defense import Defense
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity)
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
-from benchmark.model import HashModel, binarize
+from benchmark.model import HashModel, binarize, build_victim
 from benchmark.plugins import OneOf, Plugin, Range, Registry
 
 HARNESS_VERSION = "3"  # 3: attack draws seeded by the cell identity; 2: victim init seeded by the cell seed
@@ -27,6 +27,6 @@ __all__ = [
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
-    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "OneOf", "Plugin", "Range", "Registry",
+    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
     "HARNESS_VERSION", "base_classes",
 ]

@@ -42,6 +42,10 @@ class Defense(Plugin):
         """Released images for clean images ``x`` in [0, 1], (B, C, H, W) -> same shape, in [0, 1]."""
         raise NotImplementedError(f"defense {self.name!r} is not a data protection")
 
+    def database_mask(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Bool (n,): which database items are released protected (a protection may protect a share only)."""
+        return torch.ones(n, dtype=torch.bool)
+
     def state_dict(self) -> dict | None:
         """What ``prepare_protection`` learned (cached); None for defenses that learn nothing apart."""
         return None
