@@ -8,7 +8,9 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -16,6 +18,22 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
 log = logging.getLogger("hashbench")
+NEEDED = ("torch", "torchvision", "pandas", "pyarrow", "jinja2")
+
+
+def ensure_environment() -> None:
+    """Run in the project's environment: re-run with .venv's python when this one lacks the packages."""
+    missing = [name for name in NEEDED if importlib.util.find_spec(name) is None]
+    if not missing:
+        return
+    venv = ROOT / ".venv"
+    python = venv / "bin" / "python"
+    if python.exists() and Path(sys.prefix).resolve() != venv.resolve() and not os.environ.get("HASHBENCH_REEXEC"):
+        os.environ["HASHBENCH_REEXEC"] = "1"
+        os.execv(str(python), [str(python), str(Path(__file__).resolve()), *sys.argv[1:]])
+    hint = (f"{python} lacks them too: rebuild it with `make env`" if python.exists()
+            else "build the environment with `make env` (once; see README), then run `.venv/bin/python bench.py ...`")
+    sys.exit(f"bench.py: this Python ({sys.executable}) lacks {', '.join(missing)}; {hint}")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,8 +54,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="Hamming search backend")
     parser.add_argument("--zero-relevant", default="count_as_zero", choices=["count_as_zero", "exclude"],
                         help="AP of a query with no relevant item in the top k")
-    parser.add_argument("--target-rule", default="disjoint", choices=["disjoint", "different"],
-                        help="how target labels are drawn for targeted attacks")
+    parser.add_argument("--target-rule", default=None, metavar="RULE",
+                        help="draw every cell's target labels by RULE, whatever its grid says (the grid's "
+                             "target_rule axis, default disjoint; rules in benchmark/targets.py)")
     parser.add_argument("--attack-batch", type=int, default=0, help="queries per attack batch (default 250 CPU, 1000 GPU)")
     parser.add_argument("--threads", type=int, default=0, metavar="N",
                         help="CPU threads for torch (default: torch's choice, one per core); lower it when "
@@ -86,6 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     from benchmark import Registry
 
     if args.command == "leaderboard":
+        if not Path(args.results).is_dir():
+            print(f"bench.py: the results folder {args.results} does not exist; the leaderboard in {args.site} was "
+                  f"left as it is (give --results FOLDER holding the parquet files)", file=sys.stderr)
+            return 2
         print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
         return 0
     if args.threads < 0:
@@ -102,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from benchmark.evaluation import EvaluationConventions
     from benchmark.grid import expand, load_preset, parse_filters, parse_settings
-    from benchmark.runner import Runner
+    from benchmark.runner import ResultsNotWritable, Runner
 
     try:
         cells = expand(load_preset(args.grid), registry, parse_filters(args.only), parse_settings(args.settings))
@@ -123,10 +146,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
+    except (ResultsNotWritable, OSError) as exc:
+        print(f"bench.py: {exc}", file=sys.stderr)
+        return 2
     if not args.no_leaderboard:
         print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
     return 1 if counts["error"] else 0
 
 
 if __name__ == "__main__":
+    ensure_environment()
     sys.exit(main())

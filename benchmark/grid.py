@@ -13,6 +13,12 @@ accepted.
     epsilon = ["8/255", "16/255"]
     [block.params.attacks.dhta]
     iterations = 300
+
+Axes besides the plugins: ``bits`` (1..4096), ``epsilon`` (an L-inf budget in [0, 1] pixels; attacks that
+are not epsilon-bounded get none), ``surrogate`` ("self" or HASHING/BACKBONE/BITS), ``scenario`` (a2c:
+attacked queries against a clean database; with a data protection also c2c, c2a and a2a), ``train_data``
+(clean, or protected by the cell's protection), ``target_rule`` (how targeted attacks' labels are drawn)
+and ``seed`` (>= 0).
 """
 from __future__ import annotations
 
@@ -24,13 +30,17 @@ from pathlib import Path
 
 from benchmark.model import parse_backbone
 from benchmark.plugins import REPO_ROOT, Registry, parse_fraction
+from benchmark.targets import TARGET_RULES
 
 GRID_FOLDER = REPO_ROOT / "grids"
-AXES = ("dataset", "hashing", "backbone", "bits", "defense", "attack", "epsilon", "surrogate", "scenario", "seed")
-AXIS_DEFAULTS = {"backbone": "smallcnn", "defense": "none", "surrogate": "self", "scenario": "a2c", "seed": 0,
-                 "epsilon": "8/255"}
+AXES = ("dataset", "hashing", "backbone", "bits", "defense", "train_data", "attack", "epsilon", "surrogate",
+        "scenario", "target_rule", "seed")
+AXIS_DEFAULTS = {"backbone": "smallcnn", "defense": "none", "train_data": "clean", "surrogate": "self",
+                 "scenario": "a2c", "target_rule": "disjoint", "seed": 0, "epsilon": "8/255"}
 PLUGIN_AXES = {"dataset": "datasets", "hashing": "hashing", "defense": "defenses", "attack": "attacks"}
 SCENARIOS = ("a2c", "c2c", "c2a", "a2a")
+TRAIN_DATA = ("clean", "protected")
+MAX_BITS = 4096
 
 
 @dataclass(frozen=True)
@@ -41,11 +51,13 @@ class Cell:
     bits: int
     defense: str
     attack: str
-    epsilon: float
+    epsilon: float | None  # None: the attack is not epsilon-bounded
     surrogate: str
     scenario: str
     seed: int
     params_json: str = field(default="{}", compare=True)  # {kind: {plugin: {param: value}}} for this block
+    train_data: str = "clean"
+    target_rule: str = "disjoint"
 
     @property
     def params(self) -> dict:
@@ -55,10 +67,13 @@ class Cell:
         return self.params.get(kind, {}).get(name, {})
 
     def describe(self) -> str:
-        eps = f" eps={self.epsilon * 255:.3g}/255" if self.epsilon else ""
+        eps = " unbounded" if self.epsilon is None else (f" eps={self.epsilon * 255:.3g}/255" if self.epsilon else "")
         sur = "" if self.surrogate == "self" else f" from {self.surrogate}"
         defense = "" if self.defense == "none" else f" +{self.defense}"
-        return f"{self.dataset} {self.hashing}/{self.backbone}/{self.bits}{defense} {self.attack}{eps}{sur}"
+        trained = "" if self.train_data == "clean" else f" trained on {self.train_data} data"
+        scenario = "" if self.scenario == "a2c" else f" {self.scenario}"
+        return (f"{self.dataset} {self.hashing}/{self.backbone}/{self.bits}{defense}{trained} "
+                f"{self.attack}{eps}{sur}{scenario}")
 
 
 def grid_names() -> list[str]:
@@ -85,15 +100,39 @@ def as_list(value) -> list:
 
 
 def parse_axis_value(axis: str, value) -> object:
-    try:
-        if axis in ("bits", "seed"):
-            return int(value)
-        if axis == "epsilon":
-            return parse_fraction(value) if isinstance(value, str) else float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{axis} value {value!r} is not a {'number' if axis == 'epsilon' else 'whole number'}"
-                         + (" (e.g. 8/255 or 0.03)" if axis == "epsilon" else "")) from None
-    return str(value)
+    """One axis value from a grid file or ``--only``, range-checked; ValueError names what is accepted."""
+    if axis in ("bits", "seed"):
+        number = _whole_number(value)
+        low, high = (1, MAX_BITS) if axis == "bits" else (0, 2 ** 63 - 1)
+        if number is None or not low <= number <= high:
+            raise ValueError(f"{axis} value {value!r} is not a whole number in {low}..{high if axis == 'bits' else ''}"
+                             .rstrip(".") + (" (e.g. 16, 32, 64)" if axis == "bits" else ""))
+        return number
+    if axis == "epsilon":
+        try:
+            number = parse_fraction(value) if isinstance(value, str) else float(value)
+        except (TypeError, ValueError, ZeroDivisionError):
+            number = None
+        if isinstance(value, bool) or number is None or not 0 <= number <= 1:
+            raise ValueError(f"epsilon value {value!r} is not a number in [0, 1] (an L-inf budget in [0, 1] "
+                             f"pixels, e.g. 8/255 or 0.03)")
+        return number
+    accepted = {"scenario": SCENARIOS, "train_data": TRAIN_DATA, "target_rule": TARGET_RULES}.get(axis)
+    if accepted is not None and value not in accepted:
+        raise ValueError(f"unknown {axis} {value!r}; accepted: {', '.join(accepted)}")
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{axis} value {value!r} must be a non-empty name")
+    return value
+
+
+def _whole_number(value) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    return None
 
 
 def parse_filters(filters: list[str]) -> dict[str, set]:
@@ -141,7 +180,27 @@ def check_params(params: dict, registry: Registry) -> None:
         if kind not in ("hashing", "attacks", "defenses", "datasets"):
             raise ValueError(f"parameter override for unknown kind {kind!r}; kinds: hashing, attacks, defenses, datasets")
         for name, values in plugins.items():
-            registry.get(kind, name).configure(values)  # raises on unknown names and bad types
+            plugin = registry.get(kind, name)
+            for key in values:
+                if key in plugin.axis_parameters:
+                    raise ValueError(f"{kind}.{name}.{key} is the grid's {key} axis, not a parameter: set it with "
+                                     f"{key} = [...] in the grid block or --only {key}=VALUE")
+            plugin.configure(values)  # raises on unknown names, bad types and values out of range
+
+
+def check_cell(cell: dict, registry: Registry, params: dict) -> None:
+    """Refuse combinations that cannot be computed honestly, before any work."""
+    protects = registry.get("defenses", cell["defense"]).protects
+    if protects and cell["attack"] != "none":
+        raise ValueError(f"defense {cell['defense']!r} is a data protection: its cells compare clean and protected "
+                         f"queries and databases by scenario, so their attack must be 'none' (got {cell['attack']!r})")
+    if not protects and cell["scenario"] != "a2c":
+        raise ValueError(f"scenario {cell['scenario']!r} needs a data protection on the defense axis (e.g. ppl); "
+                         f"attack {cell['attack']!r} perturbs the queries only, so its cells are scenario 'a2c' "
+                         f"(accepted scenarios with a protection: {', '.join(SCENARIOS)})")
+    if not protects and cell["train_data"] != "clean":
+        raise ValueError(f"train_data {cell['train_data']!r} needs a data protection on the defense axis (e.g. ppl); "
+                         f"defense {cell['defense']!r} trains on clean data")
 
 
 def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = None,
@@ -166,15 +225,17 @@ def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = No
                 registry.get(kind, name)
         for backbone in axes["backbone"]:
             parse_backbone(backbone)
-        for scenario in axes["scenario"]:
-            if scenario not in SCENARIOS:
-                raise ValueError(f"unknown scenario {scenario!r}; accepted: {', '.join(SCENARIOS)}")
+        bounded = {name: registry.get("attacks", name).configure(params.get("attacks", {}).get(name)).is_bounded()
+                   for name in axes["attack"]}
         for values in itertools.product(*(axes[a] for a in AXES)):
             cell = dict(zip(AXES, values))
+            check_cell(cell, registry, params)
             if not registry.get("attacks", cell["attack"]).perturbs:
                 cell["epsilon"] = 0.0
+            elif not bounded[cell["attack"]]:
+                cell["epsilon"] = None
             cells.append(Cell(**cell, params_json=json.dumps(params, sort_keys=True)))
-    cells = list(dict.fromkeys(cells))  # an identity attack collapses its epsilon axis
+    cells = list(dict.fromkeys(cells))  # an identity or unbounded attack collapses its epsilon axis
     if filters:
         for axis, kind in PLUGIN_AXES.items():
             for name in filters.get(axis, ()):

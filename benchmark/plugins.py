@@ -300,6 +300,9 @@ def load_plugin_file(path: Path, kind: str, base: type[Plugin]) -> type[Plugin]:
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
+    except SystemExit as exc:  # a plugin must not end the whole command
+        sys.modules.pop(module_name, None)
+        raise ImportError(f"the file called sys.exit({exc.code!r}) while being imported") from None
     except BaseException:
         sys.modules.pop(module_name, None)
         raise

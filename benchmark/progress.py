@@ -20,6 +20,7 @@ class Progress:
         self.current = ""
         self.interactive = stream.isatty()
         self.last_stage = 0.0
+        self.flagged: list[tuple[str, str]] = []  # (cell, flags) of the cells computed in this run
 
     def eta(self) -> str:
         if not self.ran:
@@ -51,13 +52,15 @@ class Progress:
             self.write(f"    {message}")
             self.last_stage = now
 
-    def cell_finished(self, cell, status: str, error: str = "") -> None:
+    def cell_finished(self, cell, status: str, error: str = "", flags: str = "") -> None:
         seconds = time.perf_counter() - self.cell_started_at
         self.finished += 1
         self.ran += 1
         self.ran_seconds += seconds
-        suffix = f" ERROR: {error}" if status != "ok" else ""
+        suffix = f" ERROR: {error}" if status != "ok" else (" FLAGGED" if flags else "")
         self.write(f"{self.header()} {cell.describe()} done in {format_seconds(seconds)}{suffix}")
+        if flags:
+            self.flagged.append((cell.describe(), flags))
 
     def cell_cached(self, cell) -> None:
         self.finished += 1
@@ -70,3 +73,8 @@ class Progress:
         elapsed = format_seconds(time.perf_counter() - self.started)
         self.write(f"{counts['ran']} cells computed, {counts['cached']} from the cache, {counts['error']} failed "
                    f"in {elapsed}; results in {results_dir}/")
+        if self.flagged:
+            self.write(f"{len(self.flagged)} computed cell(s) carry sanity flags (the 'flags' column; the leaderboard "
+                       f"shows them):")
+            for cell, flags in self.flagged:
+                self.write(f"  {cell}: {flags}")

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import gzip
 import typing
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark import Dataset, DatasetNotFound, Splits, TensorImages, data_roots, one_hot, seeded_permutation
+from benchmark import Dataset, DatasetNotFound, Range, Splits, TensorImages, data_roots, one_hot, seeded_permutation
 
 DEBIAN_FOLDER = Path("/usr/share/datasets/fashion-mnist")
 DOWNLOAD_FOLDER = Path.home() / ".cache" / "hashbench" / "data"
@@ -76,7 +77,7 @@ class FashionMNIST(Dataset):
     channel_mean: typing.ClassVar[tuple] = (0.2860,)
     channel_std: typing.ClassVar[tuple] = (0.3530,)
 
-    n_train: int = 10_000
+    n_train: Annotated[int, Range(1)] = 10_000
     topk: int = 0  # 0 = the whole database
     download: bool = True
     system_folder: str = str(DEBIAN_FOLDER)  # where Debian's dataset-fashion-mnist puts the files

@@ -12,12 +12,13 @@ plugin (same data roots and download).
 from __future__ import annotations
 
 import typing
+from typing import Annotated
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from benchmark import Dataset, Registry, Splits, TensorImages, seeded_permutation
+from benchmark import Dataset, Range, Registry, Splits, TensorImages, seeded_permutation
 
 GRID = 2  # cells per side
 CLASSES = 10
@@ -67,9 +68,9 @@ class FashionMNISTMosaic(Dataset):
         "label = multi-hot of the classes shown; queries: 5,000 mosaics of test images; database: 20,000 mosaics "
         "of training images; train: 5,000 of the database; all drawn with split_seed; mAP over the whole database")
 
-    n_query: int = 5_000  # hashbench's choice: a CPU evaluates 5,000 x 20,000 in seconds
-    n_database: int = 20_000  # hashbench's choice
-    n_train: int = 5_000  # hashbench's choice; drawn from the database as in PPL's FashionMNIST protocol
+    n_query: Annotated[int, Range(1)] = 5_000  # hashbench's choice: a CPU evaluates 5,000 x 20,000 in seconds
+    n_database: Annotated[int, Range(1)] = 20_000  # hashbench's choice
+    n_train: Annotated[int, Range(1)] = 5_000  # hashbench's choice; drawn from the database as in PPL's FashionMNIST protocol
     max_classes: int = 4  # distinct classes per mosaic are uniform in 1..max_classes (at most 4 cells)
     topk: int = 0  # 0 = the whole database
     download: bool = True  # passed to the fashion_mnist plugin

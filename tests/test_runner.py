@@ -99,16 +99,13 @@ def test_a_corrupt_cache_entry_is_reported_and_recomputed(tmp_path, registry):
 
 def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
     """The initial weights come from the cell's seed, not from the global RNG's history."""
-    from benchmark.progress import Progress
-    from benchmark.runner import VictimSpec
-
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("epochs = 2", "epochs = 1"))
     cell = expand(load_preset(str(grid)), registry)[0]
     states = []
     for run, draws in enumerate((0, 1000)):
         torch.rand(draws)  # a different global RNG history before each build
         runner = Runner(registry, tmp_path / f"results{run}", tmp_path / f"cache{run}", device="cpu")
-        states.append(runner.victim(VictimSpec.of(cell), cell, Progress(1)).model.state_dict())
+        states.append(runner.workspace.victim(runner.plan(cell).victim).model.state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
@@ -116,20 +113,20 @@ def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
 def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, registry, monkeypatch):
     import shutil
 
-    from benchmark import runner as runner_module
-    from benchmark.runner import VictimSpec
+    from benchmark import plan as plan_module
 
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
     cell = next(c for c in expand(load_preset(str(grid)), registry) if c.attack == "pgd")
     runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
 
     def keys():
-        return runner.victim_key(VictimSpec.of(cell), cell), runner.cell_key(cell)
+        plan = runner.plan(cell)
+        return plan.victim.key, plan.key
 
     original = keys()
     package = tmp_path / "benchmark"
-    shutil.copytree(runner_module.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(runner_module, "PACKAGE_DIR", package)
+    shutil.copytree(plan_module.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(plan_module, "PACKAGE_DIR", package)
     assert keys() == original  # same code, same keys
     with open(package / "attack.py", "a") as source:
         source.write("\n# an edit to the shared attack code\n")
@@ -142,7 +139,7 @@ def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, regist
 
 def test_attack_draws_follow_the_cell_and_its_seed_not_its_parameters(tmp_path, registry):
     from benchmark.grid import parse_settings
-    from benchmark.runner import attack_seed
+    from benchmark.cell import attack_seed
 
     grid = load_preset(str(write_grid(tmp_path / "tiny.toml", TINY_GRID)))
     short = {c.attack: c for c in expand(grid, registry)}
@@ -170,8 +167,8 @@ def test_a_victim_that_diverges_is_trained_once_and_every_cell_of_it_says_why(tm
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace('hashing = "dpsh"', 'hashing = "diverging"'))
     runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
     trainings = []
-    train = runner.train
-    monkeypatch.setattr(runner, "train", lambda *args: trainings.append(1) or train(*args))
+    train = runner.workspace._train
+    monkeypatch.setattr(runner.workspace, "_train", lambda *args: trainings.append(1) or train(*args))
     assert runner.run(expand(load_preset(str(grid)), registry)) == {"ran": 0, "cached": 0, "error": 4}
     assert len(trainings) == 1
     table = pd.read_parquet(tmp_path / "results")

@@ -11,14 +11,16 @@ This is the plain untargeted baseline; HAG and SDHA are the hashing-specific one
 """
 from __future__ import annotations
 
-from benchmark import Attack, pgd_toward_codes
+import typing
+
+from benchmark import Attack, Range, pgd_toward_codes
 
 
 class PGD(Attack):
     name = "pgd"
     paper = "Madry et al. Towards Deep Learning Models Resistant to Adversarial Attacks. ICLR 2018"
 
-    iterations: int = 100
+    iterations: typing.Annotated[int, Range(1)] = 100
     step_size: float = 1 / 255      # sign step in [0, 1] pixels, as THA/CgAT/SAAT's PGD
     random_start: bool = True
     continuation: bool = True       # tanh(alpha * y) with alpha from DHTA's schedule 0.1 ... 1.0

@@ -1,0 +1,149 @@
+"""The attack stage: prepare an attack once per surrogate, perturb the queries, keep the harness's promises.
+
+Whatever a plugin does, the harness
+- hands it copies (images, labels, targets, database codes), keeping its own to check against, so an
+  attack that writes into its inputs cannot fake its budget or change another cell's numbers;
+- checks the returned images' shape and finiteness, counts those outside the epsilon ball (or [0, 1] for an
+  unbounded attack) before projecting them onto it, and records L-inf, L2 and perceptibility;
+- times ``perturb`` alone, CUDA-synchronised.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.attack import Attack, AttackContext, Perturbed, project
+from benchmark.data import ImageSet
+from benchmark.model import HashModel
+
+GALLERY_QUERIES = 4  # clean and adversarial images of the first queries, kept for the leaderboard's gallery
+
+
+@dataclass
+class AttackOutcome:
+    codes: dict[int, torch.Tensor]            # {iterations: (Q, K) adversarial codes}; the largest is final
+    target_codes: dict[str, torch.Tensor]     # {"anchor_code": (Q, K)} codes the attack aimed at
+    perturbation: dict[str, float]            # of the final images: perceptibility, linf, linf_mean, l2, violations
+    seconds: float                            # in perturb, all queries
+    gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)}
+
+    @property
+    def final_iterations(self) -> int:
+        return max(self.codes)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PerturbationStatistics:
+    """Running L-inf, L2 and squared error of the final images against the clean ones."""
+
+    def __init__(self):
+        self.squared, self.pixels, self.violations, self.count = 0.0, 0, 0, 0
+        self.linf, self.l2 = [], []
+
+    def add(self, x: torch.Tensor, x_adv: torch.Tensor, violations: int) -> None:
+        difference = (x_adv - x).flatten(1)
+        self.linf.append(difference.abs().amax(1).cpu())
+        self.l2.append(difference.norm(dim=1).cpu())
+        self.squared += float(difference.double().pow(2).sum())
+        self.pixels += difference.numel()
+        self.violations += violations
+        self.count += len(x)
+
+    def result(self) -> dict[str, float]:
+        linf = torch.cat(self.linf)
+        return {"perceptibility": (self.squared / max(self.pixels, 1)) ** 0.5, "linf": float(linf.max()),
+                "linf_mean": float(linf.mean()), "l2": float(torch.cat(self.l2).mean()),
+                "violations": self.violations / max(self.count, 1)}
+
+
+def check_images(name: str, x_adv, x: torch.Tensor, where: str) -> torch.Tensor:
+    if not isinstance(x_adv, torch.Tensor):
+        raise TypeError(f"attack {name} returned {type(x_adv).__name__} {where}; expected a tensor or Perturbed")
+    if x_adv.shape != x.shape:
+        raise ValueError(f"attack {name} returned shape {tuple(x_adv.shape)} {where} for queries of shape "
+                         f"{tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise FloatingPointError(f"attack {name} returned NaN or infinite pixels {where}")
+    return x_adv.detach().to(x.device, x.dtype)
+
+
+def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float | None) -> tuple[torch.Tensor, int]:
+    """The images inside the epsilon ball and [0, 1] (only [0, 1] when ``epsilon`` is None); how many were not."""
+    tolerance = 1e-6
+    outside_range = (x_adv < -tolerance) | (x_adv > 1 + tolerance)
+    bad = outside_range.flatten(1).any(1)
+    if epsilon is not None:
+        bad |= (x_adv - x).flatten(1).abs().amax(1) > epsilon + tolerance
+        return project(x_adv, x, epsilon), int(bad.sum())
+    return x_adv.clamp(0, 1), int(bad.sum())
+
+
+def prepare(attack: Attack, ctx: AttackContext, cache, prepare_key: str) -> float:
+    """Run ``attack.prepare`` (or restore its cached learned state); the seconds it took when first run."""
+    stored = cache.load("prepared", prepare_key)
+    if stored is not None:
+        attack.ctx = ctx
+        attack.load_state_dict(stored["state"])
+        return stored["seconds"]
+    started = time.perf_counter()
+    attack.prepare(ctx)
+    synchronize(ctx.device)
+    seconds = time.perf_counter() - started
+    state = attack.state_dict()
+    if state is not None:
+        cache.save("prepared", prepare_key, {"state": state, "seconds": seconds})
+    return seconds
+
+
+def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, epsilon: float | None,
+                   victim: HashModel, batch_size: int, device: torch.device,
+                   stage=lambda message: None) -> AttackOutcome:
+    """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs."""
+    codes: dict[int, list[torch.Tensor]] = {}
+    target_codes: dict[str, list[torch.Tensor]] = {}
+    statistics = PerturbationStatistics()
+    seconds, done, gallery = 0.0, 0, {}
+    for x, labels, index in queries.batches(batch_size):
+        x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
+        synchronize(device)
+        started = time.perf_counter()
+        output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
+        synchronize(device)
+        seconds += time.perf_counter() - started
+        output = output if isinstance(output, Perturbed) else Perturbed(output)
+        snapshots = output.snapshots() or {attack.iteration_count(): output.final()}
+        if codes and set(snapshots) != set(codes):
+            raise ValueError(f"attack {attack.name} returned snapshots at iterations {sorted(snapshots)} for one batch "
+                             f"and {sorted(codes)} for another")
+        final_iteration = max(snapshots)
+        for iteration, images in sorted(snapshots.items()):
+            images = check_images(attack.name, images, x, f"at iteration {iteration}")
+            images, violations = enforce_budget(images, x, epsilon)
+            if iteration == final_iteration:
+                statistics.add(x, images, violations)
+                if not gallery and len(x):
+                    gallery = {"clean": x[:GALLERY_QUERIES].cpu(), "adversarial": images[:GALLERY_QUERIES].cpu()}
+            victim.eval()
+            codes.setdefault(iteration, []).append(victim.codes(images).cpu())
+        for name, aimed in output.codes.items():
+            target_codes.setdefault(name, []).append(check_codes(attack.name, name, aimed, len(x)))
+        done += len(x)
+        stage(f"attacking {done}/{len(queries)} queries")
+    return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
+                         {name: torch.cat(c) for name, c in target_codes.items()},
+                         statistics.result(), seconds, gallery)
+
+
+def check_codes(attack: str, name: str, codes, n: int) -> torch.Tensor:
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or len(codes) != n:
+        raise ValueError(f"attack {attack} reported {name!r} codes of shape "
+                         f"{tuple(getattr(codes, 'shape', ()))}; expected ({n}, K) +-1 codes, one per query")
+    if not (codes.abs() == 1).all():
+        raise ValueError(f"attack {attack} reported {name!r} codes that are not all -1 or +1")
+    return codes.detach().float().cpu()

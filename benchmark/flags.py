@@ -1,0 +1,104 @@
+"""Sanity flags: results that look fine but are degenerate are flagged on every row of their cell.
+
+In the spirit of AutoAttack's flags, each flag is ``name: reason``; a cell's ``flags`` column joins them
+with "; " and is empty when all is well. The victim's diagnostics are computed once, when its codes are
+(cached with them); the cell's own flags come from its attack's outputs.
+
+Victim flags
+- ``victim_collapsed``: fewer distinct database codes than classes.
+- ``dead_bits``: bits that never change sign over the database (wasted code length; common in undertrained
+  victims).
+- ``chance_map``: clean mAP (on a probe of the queries) within ``CHANCE_MARGIN`` of a random ranking's for
+  those labels (the mean share of relevant database items per query).
+- ``zero_gradients``: most probe queries have an all-zero input gradient at tanh scales 1 and 0.1, so a
+  gradient attack cannot move them.
+Cell flags
+- ``attack_changed_nothing``: an attack (or protection) that perturbs, yet no query's code changed.
+- ``budget_violations``: the plugin returned images outside the epsilon ball or [0, 1] (the harness
+  projected them; the share is also the ``budget_violations`` metric).
+- ``target_unreachable``: a target label that no database item shares a label with (its t-AP is 0 by
+  construction).
+"""
+from __future__ import annotations
+
+import torch
+
+from benchmark import metrics
+from benchmark.data import Splits
+
+CHANCE_MARGIN = 0.05        # clean mAP closer than this to a random ranking's is flagged
+PROBE_QUERIES = 500         # queries scored for the clean-mAP probe
+GRADIENT_PROBE = 32         # queries whose input gradient is checked
+ZERO_GRADIENT_SHARE = 0.5   # flag when more than this share of probe queries has an all-zero gradient
+
+
+def victim_diagnostics(model, database_codes: torch.Tensor, query_codes: torch.Tensor, splits: Splits,
+                       device: torch.device) -> dict:
+    """Code diversity, a clean-mAP probe against chance, and an input-gradient probe of a trained victim."""
+    distinct = len(torch.unique(database_codes, dim=0))
+    constant = int(((database_codes == database_codes[:1]).all(0)).sum())
+    probe = torch.arange(min(PROBE_QUERIES, len(query_codes)))
+    query_labels = splits.query.labels[probe]
+    clean_map = metrics.mean_average_precision(query_codes[probe], database_codes, query_labels,
+                                               splits.database.labels, splits.topk)
+    chance = chance_map(query_labels, splits.database.labels)
+    x = splits.query.load(torch.arange(min(GRADIENT_PROBE, len(splits.query)))).to(device)
+    return {"distinct_codes": distinct, "constant_bits": constant, "bits": int(database_codes.shape[1]),
+            "num_classes": int(splits.num_classes), "probe_map": clean_map, "chance_map": chance,
+            "probe_queries": len(probe), "zero_gradient_share": zero_gradient_share(model, x)}
+
+
+def chance_map(query_labels: torch.Tensor, database_labels: torch.Tensor) -> float:
+    """mAP of a random ranking, to first order: the mean share of database items relevant to each query."""
+    relevant = (query_labels @ database_labels.t() > 0).float().mean(1)
+    return float(relevant.mean())
+
+
+def zero_gradient_share(model, x: torch.Tensor) -> float:
+    """Share of images whose input gradient of <tanh(alpha y), sign y> is all zero at both alpha 1 and 0.1."""
+    zero = torch.ones(len(x), dtype=torch.bool)
+    for alpha in (1.0, 0.1):
+        x_probe = x.clone().requires_grad_(True)
+        with torch.enable_grad():
+            outputs = model(x_probe, alpha=alpha)
+            grad, = torch.autograd.grad((outputs * outputs.detach().sign()).sum(), x_probe)
+        zero &= (grad.flatten(1) == 0).all(1).cpu()
+    return float(zero.float().mean())
+
+
+def victim_flags(diagnostics: dict) -> list[str]:
+    if not diagnostics:
+        return []
+    out = []
+    if diagnostics["distinct_codes"] < diagnostics["num_classes"]:
+        out.append(f"victim_collapsed: {diagnostics['distinct_codes']} distinct database codes for "
+                   f"{diagnostics['num_classes']} classes")
+    if diagnostics["constant_bits"]:
+        out.append(f"dead_bits: {diagnostics['constant_bits']} of {diagnostics['bits']} bits never change sign over "
+                   f"the database")
+    if diagnostics["probe_map"] < diagnostics["chance_map"] + CHANCE_MARGIN:
+        out.append(f"chance_map: clean mAP {diagnostics['probe_map']:.3f} on {diagnostics['probe_queries']} queries "
+                   f"is within {CHANCE_MARGIN} of a random ranking's {diagnostics['chance_map']:.3f}")
+    if diagnostics["zero_gradient_share"] > ZERO_GRADIENT_SHARE:
+        out.append(f"zero_gradients: {diagnostics['zero_gradient_share']:.0%} of probe queries have an all-zero "
+                   f"input gradient at tanh scales 1 and 0.1")
+    return out
+
+
+def cell_flags(perturbs: bool, changed_share: float, violations: float, unreachable_targets: int,
+               n_queries: int) -> list[str]:
+    out = []
+    if perturbs and changed_share == 0:
+        out.append("attack_changed_nothing: no query's code changed")
+    if violations > 0:
+        out.append(f"budget_violations: {violations:.1%} of the returned images lay outside the epsilon ball or "
+                   f"[0, 1] before the harness projected them")
+    if unreachable_targets:
+        out.append(f"target_unreachable: {unreachable_targets} of {n_queries} target labels share no label with "
+                   f"any database item")
+    return out
+
+
+def unreachable_targets(target_labels: torch.Tensor, database_labels: torch.Tensor) -> int:
+    carried = database_labels.sum(0) > 0
+    return int(((target_labels > 0) & carried).sum(1).eq(0).sum())
