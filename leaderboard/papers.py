@@ -520,7 +520,8 @@ def match(r: dict, index: dict) -> dict | None:
         m = group[0]
         differs, assumed_used = differences(r, m, conv)
         scored.append(((not m["_stand_in"], -len(differs), m["scenario"] == w.own_scenario, len(group),
-                        max(x["created_at"] for x in group)), group, differs, assumed_used))
+                        max(x["created_at"] for x in group), min(x["run"] for x in group)), group, differs,
+                       assumed_used))
     scored.sort(key=lambda s: s[0], reverse=True)
     _, best, differs, assumed_used = scored[0]
     m = best[0]

@@ -47,10 +47,6 @@ def configurations(cells: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def _attack_name(c: dict) -> str:
-    return c["attack_label"] + (f" @{c['iterations']} it" if c.get("snapshot") else "")
-
-
 def _eps_order(key: str) -> float:
     return np.inf if key == "unbounded" else float(key)
 
@@ -61,7 +57,7 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
     tables = []
     if not len(white):
         return tables
-    white = white.assign(snapshot=white["iterations"] != white["run_iterations"])
+    white = white[white["final"]]  # a run's last snapshot stands for the run
     for key, t in white.groupby(TABLE, sort=True, dropna=False):
         clean = t[t["attack"] == "none"]
         attacked = t[t["attack"] != "none"]
@@ -72,7 +68,7 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
         for e in eps_keys:
             at = attacked[attacked["eps_key"] == e]
             for targeted, metric in ((False, "map"), (True, "tmap")):
-                names = sorted({_attack_name(c) for c in at[at["targeted"] == targeted].to_dict("records")})
+                names = sorted(set(at.loc[at["targeted"] == targeted, "attack_label"]))
                 if names:
                     columns.append({"eps_key": e, "targeted": targeted, "metric": metric, "attacks": names,
                                     "title": ("worst (lowest) mAP over the untargeted attacks" if not targeted else
@@ -88,12 +84,18 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
             for col in columns:
                 pick = v[(v["attack"] != "none") & (v["eps_key"] == col["eps_key"]) & (v["targeted"] == col["targeted"])
                          & v[col["metric"]].notna()]
-                seen = {_attack_name(c): c for c in pick.to_dict("records")}
+                better = max if col["targeted"] else min  # the worse of two configurations under one label
+                seen: dict = {}
+                for c in pick.to_dict("records"):
+                    if c["attack_label"] not in seen or better(c[col["metric"]], seen[c["attack_label"]][col["metric"]]) \
+                            == c[col["metric"]]:
+                        seen[c["attack_label"]] = c
                 missing = [a for a in col["attacks"] if a not in seen]
                 if not seen:
                     cells_out.append({"value": np.nan, "text": "missing", "sort": "", "attack": "",
                                       "title": "not measured: no " + ("targeted" if col["targeted"] else "untargeted")
-                                               + " attack at this ε on this victim", "missing": True})
+                                               + " attack at this ε on this victim", "missing": True,
+                                      "partial": False, "of": "", "flags": ""})
                     continue
                 values = {a: c[col["metric"]] for a, c in seen.items()}
                 worst = (max if col["targeted"] else min)(values, key=values.get)

@@ -203,10 +203,9 @@ def _iteration_series(recs: list[dict], metric: str) -> list[dict]:
         if len(entry["points"]) < 2:
             continue
         c = entry["label"]
-        params = json.loads(key[1])
-        extra = ",".join(f"{k}={v}" for k, v in sorted(params.items()) if k != "epsilon"
-                         and c["attack_label"] != c["attack"] and f"{k}=" in c["attack_label"])
-        label = c["attack"] + (f"[{extra}]" if extra else "") + f" ε={fmt_epsilon(c['epsilon'])}"
+        name = re.sub(r"\[\]$", "", re.sub(r",?\b(?:%s)=[^,\]]*" % "|".join(store.ITERATION_KEYS), "",
+                                           c["attack_label"]).replace("[,", "["))
+        label = name + f" ε={fmt_epsilon(c['epsilon'])}"
         label += (f" {c['scenario']}" if c["scenario"] != "a2c" else "") + (
             f" from {c['surrogate']}" if c["surrogate"] != "self" else "")
         series.append({"label": label, "points": [(float(i), float(np.mean(v))) for i, v in entry["points"].items()]})

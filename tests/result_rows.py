@@ -23,7 +23,7 @@ def cell_rows(metrics: dict | None = None, *, curves: bool = False, error: str =
             "hashing_params": "{}", "defense_params": "{}", "dataset_params": "{}", "batch_size": 128, "flags": "",
             "sources": "", **ENV, "created_at": "2025-01-02T03:04:05", "cell_seconds": 12.5}
     base.update(cell)
-    base.setdefault("cell_key", "ck-" + "-".join(str(base[k]) for k in store.IDENTITY))
+    base.setdefault("cell_key", "ck-" + "-".join(str(base[k]) for k in store.IDENTITY).replace("/", "_"))
     base.setdefault("victim_key", "vk-" + "-".join(str(base[k]) for k in ("dataset", "hashing", "backbone", "bits")))
     measure = {"topk": 0, "recall": np.nan, "status": "ok", "error": ""}
     if error:
