@@ -633,7 +633,13 @@ def paper_tables(ref: pd.DataFrame, index: dict) -> list[dict]:
     return tables
 
 
-def _said(s: Said | None, fmt=str) -> dict:
+def _fmt_value(v) -> str:
+    if isinstance(v, float) and 0 < v < 1 and abs(v * 255 - round(v * 255)) < 1e-6:
+        return fmt_epsilon(v)
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+def _said(s: Said | None, fmt=_fmt_value) -> dict:
     if s is None:
         return {"text": "not stated", "where": "", "assumed": False, "silent": True}
     value = s.value

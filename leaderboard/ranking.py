@@ -112,10 +112,12 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
                          "clean_text": fmt_metric("map", clean_map), "cells": cells_out, "flags": flags,
                          "flag_names": [n for n, _ in parse_flags(flags)], "seeds": int(v["seeds"].max())})
         first = next((i for i, c in enumerate(columns) if not c["targeted"]), 0)
+        sign = 1 if columns and columns[first]["targeted"] else -1  # a lower t-MAP is the more robust victim
 
         def order(r):
             value = r["cells"][first]["value"] if columns else np.nan
-            return (0 if isnum(value) else 1, -(value if isnum(value) else 0), -(r["clean"] if isnum(r["clean"]) else -1))
+            return (0 if isnum(value) else 1, sign * (value if isnum(value) else 0),
+                    -(r["clean"] if isnum(r["clean"]) else -1))
 
         rows.sort(key=order)
         for i, r in enumerate(rows, 1):
@@ -123,7 +125,8 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
         facts = dict(zip(TABLE, key))
         tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "columns": columns, "rows": rows,
                        "conventions": {k: facts[k] for k in CONVENTIONS if facts[k]},
-                       "ranked_by": columns[first]["header"] if columns else ""})
+                       "ranked_by": (columns[first]["header"] + (" (lower is more robust)" if sign > 0 else
+                                                                 " (higher is more robust)")) if columns else ""})
     return tables
 
 

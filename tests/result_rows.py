@@ -60,3 +60,51 @@ def write_cells(tmp_path: Path, rows: list[dict]) -> Path:
     for key, part in frame.groupby("cell_key"):
         part.to_parquet(results / f"{key}.parquet", index=False)
     return results
+
+
+def demo_rows() -> list[dict]:
+    """A result store that fills every page: two victims at two code lengths, every kind of attack (bounded,
+    unbounded, snapshots, transfer), a flagged cell, an error cell, a plugin label with markup, a stand-in."""
+    import json
+    import math
+
+    rows = []
+    e8, e16 = 8 / 255, 16 / 255
+    for bits in (16, 32):
+        for hashing, clean, strength, flags in (("dpsh", 0.82, 1.0, ""),
+                                               ("csq", 0.74, 0.8, "victim_collapsed: 5 distinct database codes")):
+            v = {"hashing": hashing, "hashing_label": hashing, "bits": bits, "flags": flags,
+                 "dataset_params": json.dumps({"topk": 0}), "n_query": 400, "n_database": 60000, "n_train": 10000}
+            rows += cell_rows({"map": [(clean, 0), (clean + 0.05, 1000)], "tmap": (0.10, 0)}, curves=True, **v)
+            for attack, targeted, drop in (("noise", False, 0.01), ("fgsm", False, 0.3), ("pgd", False, 0.55),
+                                           ("p2p", True, 0.5), ("dhta", True, 0.6)):
+                for eps in (e8, e16):
+                    hit = min(0.95, drop * strength * (1.6 if eps == e16 else 1.0))
+                    metrics = {"map": (clean * (1 - hit), 0), "tmap": (0.1 + (0.8 * hit if targeted else 0.0), 0),
+                               "perceptibility": eps / 2, "linf": eps, "seconds_per_image": 0.02 if attack != "dhta"
+                               else 0.9, "prepare_seconds": 0.0}
+                    rows += cell_rows(metrics, curves=True, attack=attack, attack_label=attack, epsilon=eps,
+                                      targeted=targeted, **v)
+            rows += cell_rows({"tmap": (0.86, 0), "map": (0.2, 0), "seconds_per_image": 0.003,
+                               "prepare_seconds": 350.0, "perceptibility": 0.04}, curves=True, attack="prosgan",
+                              attack_label="prosgan", epsilon=math.nan, targeted=True, batch_size=64, **v)
+            rows += cell_rows({"tmap": (0.8, 0), "map": (0.15, 0), "seconds_per_image": 3.9}, attack="dhta",
+                              attack_label="dhta[iterations=2000]", epsilon=e8, targeted=True, iterations=2000,
+                              attack_params=json.dumps({"iterations": 2000}), batch_size=32, **v)
+            for it, value in ((500, 0.30), (1000, 0.22), (1500, 0.19), (2000, 0.18)):
+                rows += cell_rows({"map": (clean * value, 0)}, attack="hag", attack_label="hag", epsilon=10 / 255,
+                                  iterations=it, attack_params=json.dumps({"iterations": 2000}),
+                                  cell_key=f"hag-{hashing}-{bits}", **v)
+            rows += cell_rows({"map": (clean * 0.7, 0)}, attack="pgd", attack_label="pgd", epsilon=e8,
+                              surrogate=f"{'csq' if hashing == 'dpsh' else 'dpsh'}/smallcnn/{bits}", **v)
+    rows += cell_rows(error="CUDA out of memory while attacking (tried to allocate 2.00 GiB)", attack="sdha",
+                      attack_label="sdha", epsilon=e8)
+    rows += cell_rows({"map": (0.5, 0)}, attack="evil", attack_label="<script>alert(1)</script>", epsilon=e8,
+                      flags="attack_changed_nothing: no query code changed")
+    rows += cell_rows({"map": 0.8512}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c",
+                      n_query=10000, n_database=60000, n_train=10000)
+    mosaic = {"dataset": "fashion_mnist_mosaic", "dataset_label": "fashion_mnist_mosaic", "bits": 32}
+    rows += cell_rows({"tmap": (0.55, 0), "map": (0.71, 0)}, **mosaic)
+    rows += cell_rows({"tmap": (0.77, 0)}, attack="prosgan", attack_label="prosgan", epsilon=math.nan, targeted=True,
+                      **mosaic)
+    return rows

@@ -119,9 +119,9 @@ def test_curves_page_has_svg_plots_with_legends(site):
 def test_papers_page_puts_measured_beside_paper(site):
     html = page(site, "papers.html")
     assert "PPL — Proactive Privacy-preserving Learning" in html and "CgAT (WWW 2023) — Table 5" in html
-    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.8496.*?</td>", html).group(0)
     assert '<span class="meas"' in cell and ">0.8512" in cell and 'class="lfl"' in cell  # like-for-like
-    other = re.search(r"<td[^>]*>0\.9221.*?</td>", html).group(0)  # PPL CIFAR-10 ADSH 8 bits C->C: not run,
+    other = re.search(r"<td class=\"v\"><span[^>]*>0\.9221.*?</td>", html).group(0)  # PPL CIFAR-10 ADSH 8 bits C->C: not run,
     assert ">0.8512" in other and 'class="standin"' in other  # FashionMNIST stands in for it,
     assert 'class="lfl"' not in other and "stands in for cifar10" in other  # never like-for-like
     assert re.search(r'<span class="meas none" title="not measured[^"]*">—</span>', html)
@@ -138,11 +138,11 @@ def test_papers_iterations_units_and_transfer_diagonal(tmp_path):
     rows = cell_rows({"map": (0.1234, 1000)}, **hag)  # HAG Table I flickr25k 32 bits iter=500: 0.1496
     rows += cell_rows({"perceptibility": 0.0191, "tmap": (0.7777, 0)}, **prosgan)  # ProS-GAN Table 2: 1.87 x1e-2
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
-    cell = re.search(r"<td[^>]*>0\.1496.*?</td>", html).group(0)
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.1496.*?</td>", html).group(0)
     assert ">0.1234" in cell and "ε 8/255" in cell and "≡" not in cell  # iterations match, params not default
-    assert ">1.91" in re.search(r"<td[^>]*>1\.87.*?</td>", html).group(0)  # shown in the paper's unit
+    assert ">1.91" in re.search(r"<td class=\"v\"><span[^>]*>1\.87.*?</td>", html).group(0)  # shown in the paper's unit
     # ProS-GAN Table 3 diagonal H-VGG11* -> H-VGG11* (NUS-WIDE, vgg11, 32 bits) is the white-box cell
-    assert ">0.7777" in re.search(r"<td[^>]*>0\.7825<span.*?</td>", html).group(0)
+    assert ">0.7777" in re.search(r"<td class=\"v\"><span[^>]*>0\.7825</span><span.*?</td>", html).group(0)
     assert html.count(">0.7777") == 3  # Table 1 (32 bits), Table 2, Table 3 diagonal; no off-diagonal source
 
 
@@ -159,10 +159,10 @@ def test_papers_match_needs_the_same_scenario(tmp_path):
         assert sum('class="standin"' in c for c in cells) == 2, value
     fm = html[html.index("fashion_mnist"):]
     clean_a2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>clean</td><td>ppl</td>"
-                          r"<td>a2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.6000", fm)
+                          r"<td>a2a</td><td class=\"v\"><span[^>]*>[\d.]+</span><span class=\"meas\"[^>]*>0\.6000", fm)
     adv_c2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>adversarial</td><td>ppl</td>"
-                        r"<td>c2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.7000", fm)
-    clean_c2c = re.search(r"<td[^>]*>0\.8496<span class=\"meas\"[^>]*>0\.8000", fm)
+                        r"<td>c2a</td><td class=\"v\"><span[^>]*>[\d.]+</span><span class=\"meas\"[^>]*>0\.7000", fm)
+    clean_c2c = re.search(r"<span[^>]*>0\.8496</span><span class=\"meas\"[^>]*>0\.8000", fm)
     assert clean_a2a and adv_c2a and clean_c2c
 
 
@@ -170,7 +170,7 @@ def test_non_default_dataset_is_measured_but_not_like_for_like(tmp_path):
     rows = cell_rows({"map": 0.84}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c",
                      dataset_label="fashion_mnist[query_subset=500]")
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
-    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.8496.*?</td>", html).group(0)
     assert ">0.8400" in cell and "≡" not in cell and "query_subset=500" in cell
 
 

@@ -115,7 +115,7 @@ def test_timing_puts_prosgan_beside_dhta_at_2000_iterations(ranked_site):
     assert ">4 s<" in row and ">0.004 s<" in row and "×1,000" in row  # factor per query
     # 400 s of preparation over the 1,000 queries: 0.404 s per query, a factor of 9.9
     assert ">400 s<" in row and ">1000<" in row and "0.404 s" in row and "×9.9" in row
-    assert ">32<" in row and ">64<" in row and "NVIDIA H100 80GB HBM3" in row  # batch sizes and device
+    assert ">32<" in row and ">64<" in row and "<h3>NVIDIA H100 80GB HBM3</h3>" in section  # batch sizes, device
 
 
 def test_stale_runs_are_listed_hidden_and_removable(tmp_path):
