@@ -106,10 +106,13 @@ def normalise(df: pd.DataFrame) -> pd.DataFrame:
     parsed = df["attack_params"].map(iterations).astype("float64")
     given = pd.to_numeric(df["iterations"], errors="coerce") if "iterations" in df else parsed
     df["iterations"] = given.fillna(parsed).fillna(0).astype("int64")
+    known = df["attack"].isin(KNOWN_TARGETED)  # rows written before the column existed
     if "targeted" in df:
-        df["targeted"] = df["targeted"].map(lambda v: str(v).lower() in ("true", "1", "yes"))
+        given = df["targeted"].map(lambda v: None if v is None or (isinstance(v, float) and math.isnan(v))
+                                   else str(v).lower() in ("true", "1", "yes"))
+        df["targeted"] = given.where(given.notna(), known).astype(bool)
     else:
-        df["targeted"] = df["attack"].isin(KNOWN_TARGETED)
+        df["targeted"] = known
     df["eps_key"] = df["epsilon"].map(epsilon_key)
     if not len(df):
         return df.assign(run=pd.Series(dtype=str), cell=pd.Series(dtype=str))

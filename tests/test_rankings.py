@@ -151,3 +151,17 @@ def test_flag_parsing():
                                             ("attack_changed_nothing", "no query code changed")]
     assert store.parse_flags("") == [] and store.parse_flags("odd") == [("odd", "")]
     assert store.fmt_epsilon(math.nan) == "unbounded" and store.fmt_epsilon(0.0) == "0"
+
+
+def test_overview_uses_the_datasets_own_cut_off():
+    import pandas as pd
+
+    rows = cell_rows({"map": [(0.5, 0), (0.7, 1000), (0.6, 5000)]}, dataset_params=json.dumps({"topk": 5000}))
+    rows += cell_rows({"map": [(0.5, 0), (0.7, 1000)]}, seed=1, dataset_params=json.dumps({"topk": 0}))
+    rows += cell_rows({"map": [(0.5, 0), (0.7, 1000)]}, seed=2)  # no dataset topk recorded: the smallest k
+    cells = store.cells(store.normalise(pd.DataFrame(rows)))
+    assert list(zip(cells["map"], cells["map_topk"])) == [(0.6, 5000), (0.5, 0), (0.7, 1000)]
+    mixed = pd.DataFrame(cell_rows({"tmap": 0.4}, attack="dhta", cell_key="old") +
+                         cell_rows({"tmap": 0.4}, attack="dhta", targeted=False, cell_key="new"))
+    mixed.loc[mixed["cell_key"] == "old", "targeted"] = None  # a file written before the column existed
+    assert store.normalise(mixed).set_index("cell_key")["targeted"].to_dict() == {"old": True, "new": False}
