@@ -119,7 +119,7 @@ class Conventions:
     aliases: dict[str, tuple[str, dict]] = field(default_factory=dict)  # row attack -> (plugin, params that define it)
     defense: dict[str, dict[str, Said]] = field(default_factory=dict)   # per defense: defense_params that must hold
     surrogate_bits: dict[str, Said] = field(default_factory=dict)       # per attack: code length of its own surrogate
-    unknown: dict[str, Said] = field(default_factory=dict)              # dataset 'unknown': assumed dataset/bits/backbone
+    unknown: dict[str, Said] = field(default_factory=dict)              # dataset 'unknown': its assumed identity
     silent: tuple[str, ...] = ()                # what the paper does not state (shown in every title)
 
 

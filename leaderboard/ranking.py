@@ -84,11 +84,11 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
             for col in columns:
                 pick = v[(v["attack"] != "none") & (v["eps_key"] == col["eps_key"]) & (v["targeted"] == col["targeted"])
                          & v[col["metric"]].notna()]
-                better = max if col["targeted"] else min  # the worse of two configurations under one label
+                worse = max if col["targeted"] else min  # of two configurations under one label, the worse
                 seen: dict = {}
                 for c in pick.to_dict("records"):
-                    if c["attack_label"] not in seen or better(c[col["metric"]], seen[c["attack_label"]][col["metric"]]) \
-                            == c[col["metric"]]:
+                    held = seen.get(c["attack_label"])
+                    if held is None or worse(c[col["metric"]], held[col["metric"]]) == c[col["metric"]]:
                         seen[c["attack_label"]] = c
                 missing = [a for a in col["attacks"] if a not in seen]
                 if not seen:

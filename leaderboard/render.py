@@ -236,7 +236,8 @@ def curve_sections(df: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
             targeted_only = metric.startswith("t")
             series = sorted(({"label": _line_label(c, several), "points": points[(c["cell"], metric)]}
                              for c in recs if (c["cell"], metric) in points
-                             and (not targeted_only or c["targeted"] or c["attack"] == "none")), key=lambda s: s["label"])
+                             and (not targeted_only or c["targeted"] or c["attack"] == "none")),
+                            key=lambda s: s["label"])
             if series and (not targeted_only or any(c["targeted"] for c in recs)):
                 charts.append(_chart(title, series, xlabel, ylabel, xlog=None if "precision_at" in metric else False))
         for metric in ("map", "tmap"):

@@ -36,7 +36,8 @@ IDENTITY = ["dataset_label", "hashing_label", "backbone", "bits", "defense_label
             "epsilon", "surrogate", "scenario", "seed"]
 MAIN_METRICS = ["map", "tmap", "map_tie_aware", "perceptibility", "linf", "seconds_per_image"]
 CURVE_METRICS = {"precision_at", "pr_precision", "tprecision_at", "tpr_precision"}
-CUTOFF_METRICS = {"map", "tmap", "map_tie_aware", "tmap_tie_aware"}
+CUTOFF_METRICS = {"map", "tmap", "map_tie_aware", "tmap_tie_aware", "anchor_code_tmap", "prototype_code_tmap",
+                  "anchor_code_map", "prototype_code_map"}
 ENVIRONMENT = ["device", "torch", "faiss", "git_commit", "harness_version", "python"]
 PROTOCOL = ["dataset_label", "n_query", "n_database", "n_train", "target_rule", "tie_rule", "search_backend",
             "zero_relevant", "epsilon_space", "ap_denominator"]

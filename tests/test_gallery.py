@@ -33,7 +33,7 @@ def make_record(database, targeted: bool = True, channels: int = 1, side: int = 
                    ).clamp(0, 1)
     labels = one_hot([0, 1])
     clean_top = torch.tensor([[0, 4, 8, 1, 12, 16], [1, 5, 9, 13, 2, 3]])  # query 0: 5 of 6 share class 0
-    adversarial_top = torch.tensor([[2, 6, 10, 3, 7, 0], [3, 7, 11, 15, 19, 1]])  # query 0: 1 of 6 (item 0); 3 of class 2
+    adversarial_top = torch.tensor([[2, 6, 10, 3, 7, 0], [3, 7, 11, 15, 19, 1]])  # query 0: item 0 relevant
     targets = one_hot([2, 3]) if targeted else None
     db = database if channels == 1 else torch.rand(40, channels, side, side)
     return gallery_record(clean, adversarial, labels, clean_top, adversarial_top, db, database.labels,
