@@ -3,7 +3,7 @@
 #   make test    set up, run the tests
 PYTHON := .venv/bin/python
 
-.PHONY: bench test acceptance env data benchmark-search clean
+.PHONY: bench test acceptance env data chromium benchmark-search clean
 
 env: .venv/.hashbench-ok
 .venv/.hashbench-ok: requirements.txt tools/setup_env.sh
@@ -13,10 +13,13 @@ env: .venv/.hashbench-ok
 data:
 	bash tools/get_fashion_mnist.sh
 
+chromium:
+	bash tools/get_chromium.sh
+
 bench: env data
 	$(PYTHON) bench.py
 
-test: env data
+test: env data chromium
 	$(PYTHON) -m pytest
 
 # the default grid (as make bench runs it) against the figures it must meet; minutes, or seconds after make bench

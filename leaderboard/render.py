@@ -1,19 +1,26 @@
 """Render the static leaderboard site from the result store and the papers' reference numbers.
 
-    python -m leaderboard.render [--results results] [--out leaderboard/site] [--strict]
+    python -m leaderboard.render [--results results] [--out leaderboard/site] [--cache .cache] [--strict]
+                                 [--no-stale-check]
 
-or ``from leaderboard.render import render; render("results")``. Pages: index.html (every cell, sortable,
-with the runs' environment and the downloads results.csv / results.parquet), timing.html, curves.html and
-papers.html. CSS and JS are inlined, so each page works from file:// with no network. Every string from the
-data or a plugin goes through jinja2's autoescape (SVG text through ``html.escape``).
+or ``from leaderboard.render import render; render("results")``. Pages: index.html (every cell, sortable and
+filterable, flags beside the values, the flagged cells listed, the runs' environment and the downloads
+results.csv / results.parquet), rankings.html (victims by worst-case mAP / t-MAP, attacks by damage per
+second), timing.html, curves.html, gallery.html (from the cached gallery records) and papers.html. CSS and
+JS are inlined and images are local PNG files, so each page works from file:// with no network. Every string
+from the data or a plugin goes through jinja2's autoescape (SVG text through ``html.escape``).
 
-A result file that cannot be read is skipped and named in a banner on every page (and on stderr by the
-command line); ``strict=True`` / ``--strict`` raises ``ResultStoreError`` naming the file instead.
+Stale runs (their code changed since they ran; ``store.stale_cells``) are left out and counted in a banner;
+``code_root=None`` / ``--no-stale-check`` shows a published run as it was published. A result file that
+cannot be read is skipped and named in a banner on every page (and on stderr by the command line);
+``strict=True`` / ``--strict`` raises ``ResultStoreError`` naming the file instead.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -22,18 +29,20 @@ import jinja2
 import numpy as np
 import pandas as pd
 
-from leaderboard import papers, plots, store
-from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, fmt_topk, isnum
+from leaderboard import papers, plots, ranking, store
+from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, fmt_topk, isnum, parse_flags
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_DIR = HERE / "reference"
-PAGES = [("index.html", "Overview"), ("timing.html", "Timing"), ("curves.html", "Curves"),
-         ("papers.html", "Papers")]
+PAGES = [("index.html", "Overview"), ("rankings.html", "Rankings"), ("timing.html", "Timing"),
+         ("curves.html", "Curves"), ("gallery.html", "Gallery"), ("papers.html", "Papers")]
 METRIC_HEADERS = {"map": "mAP", "tmap": "t-MAP", "map_tie_aware": "mAP (tie-aware)",
                   "perceptibility": "perceptibility", "linf": "L∞", "seconds_per_image": "s / image"}
 IDENTITY_HEADERS = {"dataset_label": "dataset", "hashing_label": "hashing", "backbone": "backbone",
-                    "bits": "bits", "defense_label": "defense", "attack_label": "attack", "epsilon": "ε",
-                    "surrogate": "surrogate", "scenario": "scenario", "seed": "seed"}
+                    "bits": "bits", "defense_label": "defense", "train_data": "trained on", "attack_label": "attack",
+                    "epsilon": "ε", "iterations": "iterations", "surrogate": "surrogate", "scenario": "scenario",
+                    "seed": "seed"}
+NUMERIC_IDENTITY = {"bits", "epsilon", "iterations", "seed"}
 
 
 def _environment() -> jinja2.Environment:
@@ -45,31 +54,56 @@ def _environment() -> jinja2.Environment:
 
 
 def _cell(text, sort=None, title="", sub="", num=False) -> dict:
-    return {"text": text, "sort": "" if sort is None else sort, "title": title, "sub": sub, "num": num}
+    return {"text": text, "sort": "" if sort is None else sort, "title": title, "sub": sub, "num": num, "flag": ""}
+
+
+def _flag_text(flags: str) -> tuple[str, str]:
+    """(the flag names, shown; every "name: reason", for the title)."""
+    parsed = parse_flags(flags)
+    return ", ".join(n for n, _ in parsed), "; ".join(f"{n}: {r}" if r else n for n, r in parsed)
 
 
 def overview_rows(cells: pd.DataFrame) -> tuple[list[dict], list[dict]]:
     """Header and row dicts of the overview table (text shown, raw value to sort by, tooltip)."""
-    headers = [{"name": h, "num": k in ("bits", "epsilon", "seed")} for k, h in IDENTITY_HEADERS.items()]
+    headers = [{"name": h, "num": k in NUMERIC_IDENTITY} for k, h in IDENTITY_HEADERS.items()]
     headers += [{"name": h, "num": True} for h in METRIC_HEADERS.values()]
-    headers += [{"name": "status", "num": False}, {"name": "error / reason", "num": False}]
+    headers += [{"name": "flags", "num": False}, {"name": "status", "num": False},
+                {"name": "error / reason", "num": False}]
     rows = []
     for c in cells.to_dict("records"):
+        names, reasons = _flag_text(c["flags"])
         out = []
         for key in IDENTITY_HEADERS:
             if key == "epsilon":
-                out.append(_cell(fmt_epsilon(c["epsilon"]), f"{c['epsilon']:.8g}", f"{c['epsilon']:.6g}", num=True))
+                eps = c["epsilon"]
+                out.append(_cell(fmt_epsilon(eps), f"{eps:.8g}" if isnum(eps) else "",
+                                 f"{eps:.6g}" if isnum(eps) else "unbounded attack: no ε", num=True))
             else:
-                out.append(_cell(str(c[key]), num=key in ("bits", "seed")))
+                out.append(_cell(str(c[key]), num=key in NUMERIC_IDENTITY))
         for m in METRIC_HEADERS:
             v = c[m]
             sub = fmt_topk(c[f"{m}_topk"]) if m in ("map", "tmap", "map_tie_aware") and isnum(v) else ""
-            out.append(_cell(fmt_metric(m, v), f"{v:.8g}" if isnum(v) else "", f"{v:.6g}" if isnum(v) else "",
-                             sub, num=True))
+            cell = _cell(fmt_metric(m, v), f"{v:.8g}" if isnum(v) else "", f"{v:.6g}" if isnum(v) else "", sub,
+                         num=True)
+            if names and m in ("map", "tmap") and isnum(v):
+                cell.update(flag=reasons)
+            out.append(cell)
+        out.append(_cell(names, title=reasons))
         out.append(_cell(c["status"]))
         out.append(_cell(c["error"], title=c["error"]))
-        rows.append({"cells": out, "status": c["status"]})
+        rows.append({"cells": out, "status": c["status"], "flagged": bool(names)})
     return headers, rows
+
+
+def flagged_cells(cells: pd.DataFrame) -> list[dict]:
+    """The flagged points, each with its identity and its flags' reasons."""
+    out = []
+    for c in cells[cells["flags"] != ""].to_dict("records"):
+        label = " · ".join([c["dataset_label"], c["hashing_label"], c["backbone"], f"{c['bits']} bits",
+                            f"defense {c['defense_label']}", c["attack_label"], f"ε {fmt_epsilon(c['epsilon'])}",
+                            f"seed {c['seed']}"] + ([f"{c['iterations']} it"] if c["iterations"] else []))
+        out.append({"label": label, "flags": [{"name": n, "reason": r} for n, r in parse_flags(c["flags"])]})
+    return out
 
 
 def timing_groups(cells: pd.DataFrame) -> list[dict]:
@@ -82,10 +116,13 @@ def timing_groups(cells: pd.DataFrame) -> list[dict]:
         for key, g in d.groupby(keys, sort=True):
             its = sorted({int(i) for i in g["iterations"] if isnum(i)})
             sec = g["seconds_per_image"]
+            prepare = float(g["prepare_seconds"].median()) if g["prepare_seconds"].notna().any() else np.nan
+            n_query = int(g["n_query"].median())
             rows.append({"key": dict(zip(keys, key)), "iterations": ", ".join(map(str, its)), "cells": len(g),
                          "median": float(sec.median()), "lo": float(sec.min()), "hi": float(sec.max()),
-                         "prepare": float(g["prepare_seconds"].median()) if g["prepare_seconds"].notna().any()
-                         else np.nan})
+                         "prepare": prepare, "n_query": n_query,
+                         "amortised": float(sec.median()) + prepare / n_query if isnum(prepare) and n_query
+                         else float(sec.median())})
         fastest, slowest = min(r["median"] for r in rows), max(r["median"] for r in rows)
         span = np.log10(slowest / fastest) if slowest > fastest else 1.0
         for r in rows:
@@ -93,6 +130,7 @@ def timing_groups(cells: pd.DataFrame) -> list[dict]:
             r["ratio"] = r["median"] / fastest
             r.update(median_text=fmt_seconds(r["median"]), prepare_text=fmt_seconds(r["prepare"]),
                      ratio_text=f"×{r['ratio']:.0f}" if r["ratio"] >= 100 else f"×{r['ratio']:.3g}",
+                     amortised_text=fmt_seconds(r["amortised"]),
                      range_text=f"{fmt_seconds(r['lo'])} – {fmt_seconds(r['hi'])}" if r["cells"] > 1 else "")
         groups.append({"device": device or "(unknown device)", "rows": sorted(rows, key=lambda r: r["median"])})
     return groups
@@ -100,6 +138,8 @@ def timing_groups(cells: pd.DataFrame) -> list[dict]:
 
 def _line_label(c: dict, several_seeds: bool) -> str:
     label = c["attack_label"] if c["attack"] == "none" else f"{c['attack_label']} ε={fmt_epsilon(c['epsilon'])}"
+    if c.get("snapshot"):
+        label += f" @{c['iterations']} it"
     if c["scenario"] != "a2c":
         label += f" {c['scenario']}"
     if c["surrogate"] != "self":
@@ -118,56 +158,151 @@ def _chart(title, series, xlabel, ylabel, **kw) -> dict:
 def _curve_points(df: pd.DataFrame) -> dict:
     """{(cell, metric): [(x, y), ...]} of the precision@N (x = N) and precision-recall (x = recall) rows."""
     rows = df[df["metric"].isin(store.CURVE_METRICS) & (df["status"] == "ok") & df["value"].notna()]
-    x = np.where(rows["metric"] == "precision_at", rows["topk"].astype(float), rows["recall"])
+    x = np.where(rows["metric"].isin(["precision_at", "tprecision_at"]), rows["topk"].astype(float), rows["recall"])
     points: dict = {}
     for cell, metric, xv, yv in zip(rows["cell"], rows["metric"], x, rows["value"]):
         points.setdefault((cell, metric), []).append((float(xv), float(yv)))
     return points
 
 
-def _epsilon_series(recs: list[dict], metric: str) -> list[dict]:
-    """One line per (attack, surrogate, scenario) run at 2+ epsilons (mean over seeds), plus the clean level."""
-    by: dict = {}
-    for c in recs:
-        if c["attack"] != "none" and isnum(c[metric]):
-            key = (c["attack_label"], c["surrogate"], c["scenario"])
-            by.setdefault(key, {}).setdefault(c["epsilon"], []).append(c[metric])
-    series = [{"label": a + (f" {sc}" if sc != "a2c" else "") + (f" from {su}" if su != "self" else ""),
-               "points": [(e * 255, float(np.mean(v))) for e, v in eps.items()]}
-              for (a, su, sc), eps in sorted(by.items()) if len(eps) >= 2]
+def _clean_level(recs: list[dict], metric: str, series: list[dict]) -> list[dict]:
     clean = [c[metric] for c in recs if c["attack"] == "none" and isnum(c[metric])]
     if series and clean:
         series.append({"label": f"clean queries ({np.mean(clean):.4f})", "hline": float(np.mean(clean))})
     return series
 
 
+def _epsilon_series(recs: list[dict], metric: str) -> list[dict]:
+    """One line per (attack, surrogate, scenario) run at 2+ epsilons (mean over seeds), plus the clean level."""
+    by: dict = {}
+    for c in recs:
+        if c["attack"] != "none" and isnum(c[metric]) and isnum(c["epsilon"]) and not c.get("snapshot"):
+            key = (c["attack_label"], c["surrogate"], c["scenario"])
+            by.setdefault(key, {}).setdefault(c["epsilon"], []).append(c[metric])
+    series = [{"label": a + (f" {sc}" if sc != "a2c" else "") + (f" from {su}" if su != "self" else ""),
+               "points": [(e * 255, float(np.mean(v))) for e, v in eps.items()]}
+              for (a, su, sc), eps in sorted(by.items()) if len(eps) >= 2]
+    return _clean_level(recs, metric, series)
+
+
+def _without_iterations(attack_params: str) -> str:
+    params = store.json_dict(attack_params)
+    return json.dumps({k: v for k, v in params.items() if k not in store.ITERATION_KEYS}, sort_keys=True)
+
+
+def _iteration_series(recs: list[dict], metric: str) -> list[dict]:
+    """One line per (attack, other parameters, ε, surrogate, scenario) measured at 2+ iteration counts: the
+    snapshots of one run, or runs of different lengths (mean over seeds); plus the clean level."""
+    by: dict = {}
+    for c in recs:
+        if c["attack"] != "none" and isnum(c[metric]) and c["iterations"] > 0:
+            key = (c["attack"], _without_iterations(c["attack_params"]), c["eps_key"], c["surrogate"], c["scenario"])
+            by.setdefault(key, {"label": c, "points": {}})["points"].setdefault(c["iterations"], []).append(c[metric])
+    series = []
+    for key, entry in sorted(by.items()):
+        if len(entry["points"]) < 2:
+            continue
+        c = entry["label"]
+        name = re.sub(r"\[\]$", "", re.sub(r",?\b(?:%s)=[^,\]]*" % "|".join(store.ITERATION_KEYS), "",
+                                           c["attack_label"]).replace("[,", "["))
+        label = name + f" ε={fmt_epsilon(c['epsilon'])}"
+        label += (f" {c['scenario']}" if c["scenario"] != "a2c" else "") + (
+            f" from {c['surrogate']}" if c["surrogate"] != "self" else "")
+        series.append({"label": label, "points": [(float(i), float(np.mean(v))) for i, v in entry["points"].items()]})
+    return _clean_level(recs, metric, series)
+
+
+CURVES = (("precision_at", "N (top retrieved)", "precision@N", "precision@N against N"),
+          ("pr_precision", "recall", "precision", "precision against recall"),
+          ("tprecision_at", "N (top retrieved)", "precision@N (target labels)", "targeted precision@N against N"),
+          ("tpr_precision", "recall", "precision (target labels)", "targeted precision against recall"))
+
+
 def curve_sections(df: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
-    """Per victim: precision@N, precision-recall, and mAP / t-MAP against epsilon (one line per attack)."""
+    """Per victim: precision@N, precision-recall (and their targeted forms for targeted attacks), and mAP /
+    t-MAP against ε and against iterations (one line per attack)."""
     victims: dict = {}
-    for c in cells[cells["status"] == "ok"].to_dict("records"):
-        key = (c["dataset_label"], c["hashing_label"], c["backbone"], c["bits"], c["defense_label"])
+    ok = cells[cells["status"] == "ok"]
+    ok = ok.assign(snapshot=ok["iterations"] < ok.groupby("run")["iterations"].transform("max"))
+    for c in ok.to_dict("records"):
+        key = (c["dataset_label"], c["hashing_label"], c["backbone"], c["bits"], c["defense_label"], c["train_data"])
         victims.setdefault(key, []).append(c)
     points = _curve_points(df) if len(df) else {}
     sections = []
     for victim, recs in sorted(victims.items()):
         several = len({c["seed"] for c in recs}) > 1
         charts = []
-        for metric, xlabel, ylabel in (("precision_at", "N (top retrieved)", "precision@N"),
-                                       ("pr_precision", "recall", "precision")):
+        for metric, xlabel, ylabel, title in CURVES:
+            targeted_only = metric.startswith("t")
             series = sorted(({"label": _line_label(c, several), "points": points[(c["cell"], metric)]}
-                             for c in recs if (c["cell"], metric) in points), key=lambda s: s["label"])
-            if series:
-                charts.append(_chart(ylabel + (" against N" if metric == "precision_at" else " against recall"),
-                                     series, xlabel, ylabel, xlog=None if metric == "precision_at" else False))
+                             for c in recs if (c["cell"], metric) in points
+                             and (not targeted_only or c["targeted"] or c["attack"] == "none")),
+                            key=lambda s: s["label"])
+            if series and (not targeted_only or any(c["targeted"] for c in recs)):
+                charts.append(_chart(title, series, xlabel, ylabel, xlog=None if "precision_at" in metric else False))
         for metric in ("map", "tmap"):
-            series = _epsilon_series(recs, metric)
+            series = _epsilon_series([c for c in recs if metric == "map" or c["targeted"] or c["attack"] == "none"],
+                                     metric)
             if series:
                 charts.append(_chart(f"{METRIC_HEADERS[metric]} against ε", series, "ε (×1/255)",
                                      METRIC_HEADERS[metric], xlog=False, xmin=0.0))
+        for metric in ("map", "tmap"):
+            series = _iteration_series([c for c in recs if metric == "map" or c["targeted"] or c["attack"] == "none"],
+                                       metric)
+            if series:
+                charts.append(_chart(f"{METRIC_HEADERS[metric]} against iterations", series, "iterations",
+                                     METRIC_HEADERS[metric], xlog=False, xmin=0.0))
         if charts:
+            trained = "" if victim[5] == "clean" else f" · trained on {victim[5]} data"
             sections.append({"title": f"{victim[0]} · {victim[1]} · {victim[2]} · {victim[3]} bits · "
-                                      f"defense {victim[4]}", "charts": charts})
+                                      f"defense {victim[4]}{trained}", "charts": charts})
     return sections
+
+
+SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+def gallery_sections(cells: pd.DataFrame, cache_dir: str | Path | None, out: Path) -> tuple[list[dict], list[str]]:
+    """Per victim, per attack cell with a cached gallery record: PNG strips written to ``out/gallery``.
+
+    Returns the sections and the problems met (an unreadable record is named and skipped)."""
+    folder = out / "gallery"
+    if folder.exists():
+        for old in folder.glob("*.png"):
+            old.unlink()
+    if cache_dir is None or not len(cells):
+        return [], []
+    records = Path(cache_dir) / "gallery"
+    ok = cells[(cells["status"] == "ok") & (cells["cell_key"] != "")]
+    ok = ok[ok["iterations"] == ok.groupby("run")["iterations"].transform("max")].drop_duplicates("run")
+    found = [(c, records / f"{c['cell_key']}.pt") for c in ok.to_dict("records")
+             if (records / f"{c['cell_key']}.pt").is_file()]
+    if not found:
+        return [], []
+    from benchmark.gallery import load_record, write_pngs  # torch is imported only when there is a gallery
+
+    victims: dict = {}
+    problems = []
+    for c, path in found:
+        try:
+            record = load_record(path)
+            queries = write_pngs(record, folder, SAFE_NAME.sub("_", c["cell_key"]))
+        except (ValueError, KeyError, IndexError, OSError) as exc:
+            problems.append(f"gallery record skipped: {exc}")
+            continue
+        key = (c["dataset_label"], c["hashing_label"], c["backbone"], c["bits"], c["defense_label"], c["train_data"])
+        for q in queries:
+            for name in ("query", "clean_top", "adversarial_top"):
+                q[name] = f"gallery/{q[name]}"
+        victims.setdefault(key, []).append({
+            "attack": c["attack_label"], "epsilon": fmt_epsilon(c["epsilon"]), "targeted": bool(c["targeted"]),
+            "surrogate": c["surrogate"], "scenario": c["scenario"], "seed": c["seed"], "queries": queries,
+            "flags": _flag_text(c["flags"])[1]})
+    sections = [{"title": f"{v[0]} · {v[1]} · {v[2]} · {v[3]} bits · defense {v[4]}"
+                          + ("" if v[5] == "clean" else f" · trained on {v[5]} data"),
+                 "attacks": sorted(entries, key=lambda e: (e["attack"] != "none", e["attack"], e["epsilon"]))}
+                for v, entries in sorted(victims.items())]
+    return sections, problems
 
 
 def _write_downloads(df: pd.DataFrame, out: Path) -> bool:
@@ -175,36 +310,52 @@ def _write_downloads(df: pd.DataFrame, out: Path) -> bool:
         (out / name).unlink(missing_ok=True)
     if not len(df):
         return False
-    table = df.drop(columns=["cell"])
+    table = df.drop(columns=["cell", "run", "eps_key", "source_file"], errors="ignore")
     table.to_csv(out / "results.csv", index=False)
     table.to_parquet(out / "results.parquet", index=False)
     return True
 
 
 def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboard/site",
-           reference_dir: str | Path = REFERENCE_DIR, strict: bool = False) -> Path:
-    """Write the site into ``out_dir`` and return the path of its index.html."""
+           reference_dir: str | Path = REFERENCE_DIR, strict: bool = False,
+           code_root: str | Path | None = store.REPO_ROOT, cache_dir: str | Path | None = None) -> Path:
+    """Write the site into ``out_dir`` and return the path of its index.html.
+
+    ``code_root``: the code tree stale runs are judged against (None: show every run, e.g. a published run);
+    ``cache_dir``: the stage cache holding ``gallery/<cell_key>.pt`` records (None: ``.cache`` beside the
+    results folder when it exists)."""
     df, problems = store.read_results(results_dir, strict=strict)
     for problem in problems:
         warnings.warn(problem, stacklevel=2)
+    df, stale = store.drop_stale(df, code_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cells = store.cells(df)
+    if cache_dir is None:
+        cache_dir = Path(results_dir).resolve().parent / ".cache"
+    gallery, gallery_problems = gallery_sections(cells, cache_dir, out)
     env = _environment()
-    common = {"warnings": problems, "n_cells": len(cells), "results_dir": str(results_dir),
-              "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
+    notices = [f"{len(stale)} stale cell(s) not shown: their code changed since they ran "
+               f"(python -m leaderboard.store stale lists them)"] if len(stale) else []
+    common = {"warnings": problems + gallery_problems, "notices": notices, "n_cells": len(cells),
+              "results_dir": str(results_dir), "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
               "counts": cells["status"].value_counts().to_dict() if len(cells) else {}}
     headers, rows = overview_rows(cells)
     ref = papers.load_reference(reference_dir)
     tables = papers.paper_tables(ref, papers.measured_index(df, cells))
+    configs = ranking.configurations(cells)
     pages = {
         "index.html": {"headers": headers, "rows": rows, "downloads": _write_downloads(df, out),
+                       "flagged": flagged_cells(cells),
                        "environment": store.distinct(cells, store.ENVIRONMENT),
                        "env_columns": store.ENVIRONMENT, "protocol_columns": store.PROTOCOL,
                        "protocols": store.distinct(df.drop_duplicates("cell"), store.PROTOCOL) if len(df) else []},
-        "timing.html": {"groups": timing_groups(cells)},
+        "rankings.html": {"victims": ranking.victim_tables(configs), "attacks": ranking.attack_tables(configs),
+                          "ranking_doc": ranking.__doc__},
+        "timing.html": {"groups": timing_groups(cells), "speed": ranking.speed_comparison(configs)},
         "curves.html": {"sections": curve_sections(df, cells)},
-        "papers.html": {"tables": tables, "papers_doc": papers.__doc__},
+        "gallery.html": {"sections": gallery},
+        "papers.html": {"tables": tables, "papers_doc": papers.__doc__, "conventions": papers.conventions_table()},
     }
     for name, context in pages.items():
         html = env.get_template(name + ".j2").render(page=name, **common, **context)
@@ -218,11 +369,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="leaderboard/site", help="where the site is written")
     parser.add_argument("--reference", default=str(REFERENCE_DIR), help="the papers' reference CSVs")
     parser.add_argument("--strict", action="store_true", help="fail on an unreadable result file")
+    parser.add_argument("--cache", default=None, help="the stage cache with gallery records (default: .cache "
+                                                      "beside the results folder)")
+    parser.add_argument("--no-stale-check", action="store_true",
+                        help="show every run, even those whose code changed since (a published run)")
     args = parser.parse_args(argv)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            index = render(args.results, args.out, args.reference, strict=args.strict)
+            index = render(args.results, args.out, args.reference, strict=args.strict,
+                           code_root=None if args.no_stale_check else store.REPO_ROOT, cache_dir=args.cache)
     except store.ResultStoreError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

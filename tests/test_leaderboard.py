@@ -12,41 +12,12 @@ import pandas as pd
 import pytest
 
 from leaderboard import store
-from leaderboard.render import render
+from leaderboard.render import PAGES, render
+from result_rows import cell_rows, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"
-ENV = {"device": "NVIDIA H100 80GB HBM3", "torch": "2.15.0+cu128", "faiss": "1.15.1", "git_commit": "abc1234",
-       "harness_version": "0.1", "python": "3.11.9"}
-
-
-def cell_rows(metrics: dict | None = None, *, curves: bool = False, error: str = "", **cell) -> list[dict]:
-    """The store's rows for one cell: ``metrics`` maps name -> value or (value, topk)."""
-    base = {"dataset": "fashion_mnist", "dataset_label": "fashion_mnist", "hashing": "dpsh", "hashing_label": "dpsh",
-            "backbone": "smallcnn", "bits": 16, "defense": "none", "defense_label": "none", "attack": "none",
-            "attack_label": "none", "epsilon": 0.0, "surrogate": "self", "scenario": "a2c", "seed": 0,
-            "n_query": 1000, "n_database": 59000, "n_train": 5000, "target_rule": "random_other_label",
-            "tie_rule": "stable_index", "search_backend": "faiss_cpu", "zero_relevant": "skip",
-            "epsilon_space": "pixel01", "ap_denominator": "retrieved_relevant", "attack_params": "{}",
-            "hashing_params": "{}", "defense_params": "{}", "dataset_params": "{}", "batch_size": 128,
-            **ENV, "created_at": "2025-01-02T03:04:05", "cell_seconds": 12.5}
-    base.update(cell)
-    base.setdefault("cell_key", "ck-" + "-".join(str(base[k]) for k in store.IDENTITY))
-    base.setdefault("victim_key", "vk-" + "-".join(str(base[k]) for k in ("dataset", "hashing", "backbone", "bits")))
-    measure = {"topk": 0, "recall": np.nan, "status": "ok", "error": ""}
-    if error:
-        return [{**base, **measure, "metric": "", "value": np.nan, "status": "error", "error": error}]
-    rows = []
-    for metric, value in (metrics or {}).items():
-        value, topk = value if isinstance(value, tuple) else (value, 0)
-        rows.append({**base, **measure, "metric": metric, "value": value, "topk": topk})
-    if curves:
-        scale = 1.0 - cell.get("epsilon", 0.0) * 10
-        rows += [{**base, **measure, "metric": "precision_at", "topk": n, "value": scale * (0.9 - 0.1 * i)}
-                 for i, n in enumerate((10, 100, 1000, 5000))]
-        rows += [{**base, **measure, "metric": "pr_precision", "recall": r, "value": scale * (1 - 0.5 * r)}
-                 for r in (0.0, 0.25, 0.5, 0.75, 1.0)]
-    return rows
+PPL_PROTOCOL = {"n_query": 10_000, "n_database": 60_000, "n_train": 10_000}  # PPL's FashionMNIST split
 
 
 def synthetic_rows() -> list[dict]:
@@ -65,17 +36,8 @@ def synthetic_rows() -> list[dict]:
                       attack="hag", attack_label="hag", epsilon=8 / 255)
     rows += cell_rows({"map": (0.5, 1000)}, attack="evil", attack_label=XSS, epsilon=8 / 255)
     # PPL Table 1, FashionMNIST, ADSH 8 bits, clean-trained C->C (paper: 0.8496)
-    rows += cell_rows({"map": 0.85123}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c")
+    rows += cell_rows({"map": 0.85123}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c", **PPL_PROTOCOL)
     return rows
-
-
-def write_store(tmp_path: Path, rows: list[dict], files: int = 2) -> Path:
-    results = tmp_path / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    frame = pd.DataFrame(rows)
-    for i, part in enumerate(np.array_split(np.arange(len(frame)), files)):
-        frame.iloc[part].to_parquet(results / f"part-{i}.parquet", index=False)
-    return results
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +72,7 @@ def test_error_cell_shows_its_reason(site):
 
 
 def test_plugin_strings_are_escaped_everywhere(site):
-    for name in ("index.html", "curves.html", "timing.html", "papers.html"):
+    for name in [p for p, _ in PAGES]:
         html = page(site, name)
         assert XSS not in html, name
         assert "<script>" not in html.replace("<script>\n", "", 1), name  # only our own inline script
@@ -118,7 +80,7 @@ def test_plugin_strings_are_escaped_everywhere(site):
 
 
 def test_pages_work_offline(site):
-    for name in ("index.html", "curves.html", "timing.html", "papers.html"):
+    for name in [p for p, _ in PAGES]:
         html = page(site, name)
         assert not re.search(r"<script[^>]+src=", html), name
         assert not re.search(r"<link[^>]+stylesheet", html), name
@@ -157,12 +119,14 @@ def test_curves_page_has_svg_plots_with_legends(site):
 def test_papers_page_puts_measured_beside_paper(site):
     html = page(site, "papers.html")
     assert "PPL — Proactive Privacy-preserving Learning" in html and "CgAT (WWW 2023) — Table 5" in html
-    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
-    assert '<span class="meas"' in cell and ">0.8512" in cell and "≡" in cell  # like-for-like
-    other = re.search(r"<td[^>]*>0\.9221.*?</td>", html).group(0)  # PPL CIFAR-10 ADSH 8 bits C->C: not run
-    assert "—" in other and "meas none" in other
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.8496.*?</td>", html).group(0)
+    assert '<span class="meas"' in cell and ">0.8512" in cell and 'class="lfl"' in cell  # like-for-like
+    other = re.search(r"<td class=\"v\"><span[^>]*>0\.9221.*?</td>", html).group(0)  # PPL CIFAR-10 ADSH C->C
+    assert ">0.8512" in other and 'class="standin"' in other  # FashionMNIST stands in for it,
+    assert 'class="lfl"' not in other and "stands in for cifar10" in other  # never like-for-like
+    assert re.search(r'<span class="meas none" title="not measured[^"]*">—</span>', html)
     assert 'title="backbone assumed from Implementation Details (2 conv layers' in cell  # the note, as a tooltip
-    assert "1 of 192 measured" in html
+    assert "3 of 192 measured, 1 like-for-like" in html  # FashionMNIST, and standing in for CIFAR-10 and ImageNet
 
 
 def test_papers_iterations_units_and_transfer_diagonal(tmp_path):
@@ -174,11 +138,11 @@ def test_papers_iterations_units_and_transfer_diagonal(tmp_path):
     rows = cell_rows({"map": (0.1234, 1000)}, **hag)  # HAG Table I flickr25k 32 bits iter=500: 0.1496
     rows += cell_rows({"perceptibility": 0.0191, "tmap": (0.7777, 0)}, **prosgan)  # ProS-GAN Table 2: 1.87 x1e-2
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
-    cell = re.search(r"<td[^>]*>0\.1496.*?</td>", html).group(0)
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.1496.*?</td>", html).group(0)
     assert ">0.1234" in cell and "ε 8/255" in cell and "≡" not in cell  # iterations match, params not default
-    assert ">1.91" in re.search(r"<td[^>]*>1\.87.*?</td>", html).group(0)  # shown in the paper's unit
+    assert ">1.91" in re.search(r"<td class=\"v\"><span[^>]*>1\.87.*?</td>", html).group(0)  # shown in the paper's unit
     # ProS-GAN Table 3 diagonal H-VGG11* -> H-VGG11* (NUS-WIDE, vgg11, 32 bits) is the white-box cell
-    assert ">0.7777" in re.search(r"<td[^>]*>0\.7825<span.*?</td>", html).group(0)
+    assert ">0.7777" in re.search(r"<td class=\"v\"><span[^>]*>0\.7825</span><span.*?</td>", html).group(0)
     assert html.count(">0.7777") == 3  # Table 1 (32 bits), Table 2, Table 3 diagonal; no off-diagonal source
 
 
@@ -186,16 +150,19 @@ def test_papers_match_needs_the_same_scenario(tmp_path):
     ppl = {"hashing": "adsh", "hashing_label": "adsh", "bits": 8, "attack": "ppl", "attack_label": "ppl",
            "epsilon": 8 / 255, "surrogate": "dsdh/smallcnn/8"}
     rows = cell_rows({"map": 0.6}, scenario="a2a", **ppl)  # PPL FashionMNIST ADSH 8 bits, clean-trained A->A
-    rows += cell_rows({"map": 0.7}, scenario="c2a", defense="ppl", defense_label="ppl", **ppl)  # A-trained C->A
+    rows += cell_rows({"map": 0.7}, scenario="c2a", train_data="protected", **ppl)  # A-trained C->A
     rows += cell_rows({"map": 0.8}, hashing="adsh", hashing_label="adsh", bits=8)  # clean queries, default a2c
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
-    assert html.count(">0.6000") == 1 and html.count(">0.7000") == 1 and html.count(">0.8000") == 1
+    for value in (">0.6000", ">0.7000", ">0.8000"):  # once on FashionMNIST, twice standing in (CIFAR-10, ImageNet)
+        assert html.count(value) == 3, value
+        cells = [c for c in re.findall(r"<td[^>]*>.*?</td>", html) if value in c]
+        assert sum('class="standin"' in c for c in cells) == 2, value
     fm = html[html.index("fashion_mnist"):]
     clean_a2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>clean</td><td>ppl</td>"
-                          r"<td>a2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.6000", fm)
+                          r"<td>a2a</td><td class=\"v\"><span[^>]*>[\d.]+</span><span class=\"meas\"[^>]*>0\.6000", fm)
     adv_c2a = re.search(r"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>adversarial</td><td>ppl</td>"
-                        r"<td>c2a</td><td[^>]*>[\d.]+<span class=\"meas\"[^>]*>0\.7000", fm)
-    clean_c2c = re.search(r"<td[^>]*>0\.8496<span class=\"meas\"[^>]*>0\.8000", fm)
+                        r"<td>c2a</td><td class=\"v\"><span[^>]*>[\d.]+</span><span class=\"meas\"[^>]*>0\.7000", fm)
+    clean_c2c = re.search(r"<span[^>]*>0\.8496</span><span class=\"meas\"[^>]*>0\.8000", fm)
     assert clean_a2a and adv_c2a and clean_c2c
 
 
@@ -203,7 +170,7 @@ def test_non_default_dataset_is_measured_but_not_like_for_like(tmp_path):
     rows = cell_rows({"map": 0.84}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c",
                      dataset_label="fashion_mnist[query_subset=500]")
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
-    cell = re.search(r"<td[^>]*>0\.8496.*?</td>", html).group(0)
+    cell = re.search(r"<td class=\"v\"><span[^>]*>0\.8496.*?</td>", html).group(0)
     assert ">0.8400" in cell and "≡" not in cell and "query_subset=500" in cell
 
 

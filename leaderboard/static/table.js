@@ -33,13 +33,20 @@
     });
   });
   document.querySelectorAll("input[data-filter]").forEach(function (input) {
-    var table = document.getElementById(input.getAttribute("data-filter"));
-    input.addEventListener("input", function () {
+    var id = input.getAttribute("data-filter");
+    var table = document.getElementById(id);
+    var count = document.querySelector("[data-count='" + id + "']");
+    function apply() {
       var words = input.value.toLowerCase().split(/\s+/).filter(Boolean);
-      Array.prototype.forEach.call(table.tBodies[0].rows, function (r) {
+      var shown = 0, rows = table.tBodies[0].rows;
+      Array.prototype.forEach.call(rows, function (r) {
         var text = r.textContent.toLowerCase();
         r.hidden = !words.every(function (w) { return text.indexOf(w) >= 0; });
+        shown += r.hidden ? 0 : 1;
       });
-    });
+      if (count) { count.textContent = shown + " of " + rows.length + " rows"; }
+    }
+    input.addEventListener("input", apply);
+    apply();
   });
 }());
