@@ -144,18 +144,18 @@ class ProSGAN(Attack):
     url = "https://github.com/xunguangwang/ProS-GAN"
     targeted = True
 
-    bounded: bool = False                      # paper: no epsilon; true: output projected onto the epsilon ball
-    reconstruction_weight: float = 50.0          # alpha, Sec. 4.2: 50 NUS-WIDE and MS-COCO, 100 FLICKR-25K
-    hamming_weight: float = 5.0                  # reference code; the paper's Eq. 5 has 1
-    adversarial_weight: float = 1.0              # beta, Sec. 4.2
-    discriminator_every: Annotated[int, Range(1)] = 3   # D steps on every 3rd batch (reference code)
-    discriminator_sigmoid: bool = False        # paper Sec. 3.4 (sigmoid); reference code: raw LSGAN scores
-    epochs: Annotated[int, Range(0)] = 50      # at the full lr (reference n_epochs); 50 + 50 = 100, Sec. 4.2
-    decay_epochs: Annotated[int, Range(0)] = 50  # lr decaying linearly towards 0 (reference n_epochs_decay)
-    steps_per_epoch: Annotated[int, Range(0)] = 0  # 0: one pass over the training set (the reference)
-    batch_size: Annotated[int, Range(1)] = 24  # Sec. 4.2
+    bounded: bool = False                             # paper: no epsilon; true: output projected onto the epsilon ball
+    reconstruction_weight: float = 50.0               # alpha, Sec. 4.2: 50 NUS-WIDE and MS-COCO, 100 FLICKR-25K
+    hamming_weight: float = 5.0                       # reference code; the paper's Eq. 5 has 1
+    adversarial_weight: float = 1.0                   # beta, Sec. 4.2
+    discriminator_every: Annotated[int, Range(1)] = 3  # D steps on every 3rd batch (reference code)
+    discriminator_sigmoid: bool = False               # paper Sec. 3.4 (sigmoid); reference code: raw LSGAN scores
+    epochs: Annotated[int, Range(0)] = 50             # at the full lr (reference n_epochs); 50 + 50 = 100, Sec. 4.2
+    decay_epochs: Annotated[int, Range(0)] = 50       # lr decaying linearly towards 0 (reference n_epochs_decay)
+    steps_per_epoch: Annotated[int, Range(0)] = 0     # 0: one pass over the training set (the reference)
+    batch_size: Annotated[int, Range(1)] = 24         # Sec. 4.2
     lr: Annotated[float, Range(0, low_open=True)] = 1e-4
-    generator_width: Annotated[int, Range(1)] = 64     # reference ngf
+    generator_width: Annotated[int, Range(1)] = 64    # reference ngf
     discriminator_width: Annotated[int, Range(1)] = 64  # reference ndf
     prototype_objective: Annotated[str, OneOf("prosgan", "circle")] = "prosgan"
     prototype_epochs: Annotated[int, Range(1)] = 100
@@ -243,8 +243,8 @@ class ProSGAN(Attack):
         return Perturbed(x_adv, codes={"prototype_code": binarize(relaxed)})
 
     def state_dict(self):
-        return {"image_shape": self.image_shape, "prototype_net": self.prototype_net.state_dict(), "generator": self.generator.state_dict(),
-                "discriminator": self.discriminator.state_dict()}
+        return {"image_shape": self.image_shape, "prototype_net": self.prototype_net.state_dict(),
+                "generator": self.generator.state_dict(), "discriminator": self.discriminator.state_dict()}
 
     def load_state_dict(self, state):
         self.build(*state["image_shape"])
