@@ -39,8 +39,11 @@ def ensure_environment() -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench.py", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", nargs="?", default="run", choices=["run", "list", "leaderboard", "plan"],
-                        help="run the grid (default), list plugins, render the leaderboard, or show the plan")
+    parser.add_argument("command", nargs="?", default="run", choices=["run", "list", "leaderboard", "plan", "prune"],
+                        help="run the grid (default), list plugins (with --stale: the stored cells computed by "
+                             "code that has changed since), render the leaderboard, show the plan, or prune "
+                             "(delete the stale cells' result files)")
+    parser.add_argument("--stale", action="store_true", help="with list: list the stale cells of --results")
     parser.add_argument("--grid", default="default", help="grid preset in grids/ or a .toml path (default: default)")
     parser.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                         help="keep only cells whose AXIS is one of the values; repeatable")
@@ -92,10 +95,20 @@ def list_plugins(registry) -> None:
             print(f"  {failure}")
 
 
-def render_leaderboard(results: str, site: str) -> Path:
+def render_leaderboard(results: str, site: str, cache: str | None = None) -> Path:
     from leaderboard.render import render
 
-    return render(results, site)
+    return render(results, site, cache_dir=cache)
+
+
+def list_stale(results: str) -> int:
+    from leaderboard.store import read_results, stale_cells
+
+    stale = stale_cells(read_results(results)[0], ROOT)
+    for row in stale.itertuples():
+        print(f"{row.cell_key}  {row.description}: {row.reasons}")
+    print(f"{len(stale)} stale cell(s) in {results}/" + (" (python bench.py prune deletes them)" if len(stale) else ""))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,7 +122,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench.py: the results folder {args.results} does not exist; the leaderboard in {args.site} was "
                   f"left as it is (give --results FOLDER holding the parquet files)", file=sys.stderr)
             return 2
-        print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
+        print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
+        return 0
+    if args.command == "prune":
+        from leaderboard.store import remove_stale
+
+        removed = remove_stale(args.results, ROOT)
+        print(f"removed {len(removed)} result file(s) of stale cells from {args.results}/")
         return 0
     if args.threads < 0:
         print(f"bench.py: --threads must be a positive number of threads (0 = torch's default); got {args.threads}",
@@ -118,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         import torch
         torch.set_num_threads(args.threads)
+    if args.command == "list" and args.stale:
+        return list_stale(args.results)
     registry = Registry.discover()
     if args.command == "list":
         list_plugins(registry)
@@ -150,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.py: {exc}", file=sys.stderr)
         return 2
     if not args.no_leaderboard:
-        print(f"leaderboard: {render_leaderboard(args.results, args.site)}")
+        print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
     return 1 if counts["error"] else 0
 
 

@@ -76,12 +76,19 @@ class Attack(Plugin):
     perturbs: typing.ClassVar[bool] = True  # False only for the identity ("none"): no epsilon axis
     bounded: typing.ClassVar[bool] = True   # False: no epsilon (ProS-GAN); a plugin may make it a parameter
     axis_parameters: typing.ClassVar[tuple[str, ...]] = ("epsilon",)
+    # parameters that only ``perturb`` reads: changing them (or epsilon) reuses what ``prepare`` learned
+    perturb_parameters: typing.ClassVar[tuple[str, ...]] = ()
 
     epsilon: typing.Annotated[float, Range(0, 1)] = 8 / 255  # set from the grid's epsilon axis
 
     def is_bounded(self) -> bool:
         """Whether this configured attack works inside the epsilon ball (and has an epsilon axis)."""
         return bool(self.bounded)
+
+    def prepare_parameters(self) -> dict:
+        """The parameters ``prepare`` depends on (its cached state is keyed by them)."""
+        skip = set(self.axis_parameters) | set(self.perturb_parameters)
+        return {key: value for key, value in self.params().items() if key not in skip}
 
     def iteration_count(self) -> int:
         """Optimisation steps per query (recorded as ``iterations`` on its rows); 0 for one-shot attacks."""

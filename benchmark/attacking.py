@@ -18,8 +18,6 @@ from benchmark.attack import Attack, AttackContext, Perturbed, project
 from benchmark.data import ImageSet
 from benchmark.model import HashModel
 
-GALLERY_QUERIES = 4  # clean and adversarial images of the first queries, kept for the leaderboard's gallery
-
 
 @dataclass
 class AttackOutcome:
@@ -27,7 +25,7 @@ class AttackOutcome:
     target_codes: dict[str, torch.Tensor]     # {"anchor_code": (Q, K)} codes the attack aimed at
     perturbation: dict[str, float]            # of the final images: perceptibility, linf, linf_mean, l2, violations
     seconds: float                            # in perturb, all queries
-    gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)}
+    gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)} of ``keep``
 
     @property
     def final_iterations(self) -> int:
@@ -102,13 +100,17 @@ def prepare(attack: Attack, ctx: AttackContext, cache, prepare_key: str) -> floa
 
 
 def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, epsilon: float | None,
-                   victim: HashModel, batch_size: int, device: torch.device,
-                   stage=lambda message: None) -> AttackOutcome:
-    """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs."""
+                   victim: HashModel, batch_size: int, device: torch.device, stage=lambda message: None,
+                   keep: torch.Tensor | None = None) -> AttackOutcome:
+    """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs.
+
+    The final clean and adversarial images of the queries at ``keep`` are returned for the gallery.
+    """
     codes: dict[int, list[torch.Tensor]] = {}
     target_codes: dict[str, list[torch.Tensor]] = {}
     statistics = PerturbationStatistics()
-    seconds, done, gallery = 0.0, 0, {}
+    kept = Kept(keep)
+    seconds, done = 0.0, 0
     for x, labels, index in queries.batches(batch_size):
         x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
         synchronize(device)
@@ -127,8 +129,7 @@ def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, eps
             images, violations = enforce_budget(images, x, epsilon)
             if iteration == final_iteration:
                 statistics.add(x, images, violations)
-                if not gallery and len(x):
-                    gallery = {"clean": x[:GALLERY_QUERIES].cpu(), "adversarial": images[:GALLERY_QUERIES].cpu()}
+                kept.add(index, x, images)
             victim.eval()
             codes.setdefault(iteration, []).append(victim.codes(images).cpu())
         for name, aimed in output.codes.items():
@@ -137,7 +138,27 @@ def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, eps
         stage(f"attacking {done}/{len(queries)} queries")
     return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
                          {name: torch.cat(c) for name, c in target_codes.items()},
-                         statistics.result(), seconds, gallery)
+                         statistics.result(), seconds, kept.result())
+
+
+class Kept:
+    """Clean and adversarial images of a few chosen queries, gathered across batches."""
+
+    def __init__(self, keep: torch.Tensor | None):
+        self.keep = keep if keep is not None else torch.empty(0, dtype=torch.long)
+        self.clean, self.adversarial = {}, {}
+
+    def add(self, index: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        for position in torch.nonzero(torch.isin(index, self.keep)).flatten().tolist():
+            self.clean[int(index[position])] = x[position].cpu()
+            self.adversarial[int(index[position])] = x_adv[position].cpu()
+
+    def result(self) -> dict:
+        if not self.clean:
+            return {}
+        order = sorted(self.clean)
+        return {"index": torch.tensor(order), "clean": torch.stack([self.clean[i] for i in order]),
+                "adversarial": torch.stack([self.adversarial[i] for i in order])}
 
 
 def check_codes(attack: str, name: str, codes, n: int) -> torch.Tensor:

@@ -19,11 +19,12 @@ import time
 
 import torch
 
-from benchmark import flags
+from benchmark import flags, search
 from benchmark.attack import AttackContext
-from benchmark.attacking import AttackOutcome, PerturbationStatistics, attack_queries, prepare, synchronize
+from benchmark.attacking import AttackOutcome, Kept, PerturbationStatistics, attack_queries, prepare, synchronize
 from benchmark.cache import content_key
 from benchmark.evaluation import evaluate_queries
+from benchmark.gallery import GALLERY_TOP, gallery_queries, gallery_record
 from benchmark.plan import ATTACK_CODE, EXTRA_CUTOFFS, TARGET_CODE, CellPlan, code_hash
 from benchmark.targets import draw_target_labels
 from benchmark.victims import Victim, Workspace, model_checksum
@@ -70,10 +71,29 @@ def run_cell(plan: CellPlan, ws: Workspace) -> list[dict]:
         violations=perturbation["violations"],
         unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets))
     ws.cache.save("cells", plan.key, {"adversarial_codes": outcome.codes[outcome.final_iterations],
-                                      "target_labels": targets, "average_precision": per_query,
-                                      "gallery": outcome.gallery})
+                                      "target_labels": targets, "average_precision": per_query})
+    if outcome.gallery:
+        ws.cache.save("gallery", plan.key, gallery(plan, ws, victim, outcome, database_codes, targets,
+                                                   attack.targeted if attack else False))
     base = base_row(plan, ws, victim, attack, "; ".join(cell_flags))
     return [{**base, "topk": 0, "recall": math.nan, **m} for m in metrics]
+
+
+def gallery(plan: CellPlan, ws: Workspace, victim: Victim, outcome: AttackOutcome, database_codes: torch.Tensor,
+            targets: torch.Tensor, targeted: bool) -> dict:
+    """The leaderboard gallery's record: a few seeded queries, clean and attacked, and what each retrieves."""
+    splits = ws.splits(plan.victim.dataset)
+    index = outcome.gallery["index"]
+    adversarial = outcome.codes[outcome.final_iterations][index]
+    database = database_codes.to(ws.device)
+    clean_top, _ = search.rank(victim.query_codes[index.to(victim.query_codes.device)].to(ws.device), database,
+                               GALLERY_TOP, backend=plan.conventions.backend)
+    adversarial_top, _ = search.rank(adversarial.to(ws.device), database, GALLERY_TOP,
+                                     backend=plan.conventions.backend)
+    return gallery_record(outcome.gallery["clean"], outcome.gallery["adversarial"], splits.query.labels[index],
+                          clean_top.cpu(), adversarial_top.cpu(), splits.database, splits.database.labels,
+                          query_index=index, target_labels=targets[index] if targeted else None,
+                          epsilon=math.nan if plan.cell.epsilon is None else plan.cell.epsilon)
 
 
 def attack_seed(cell) -> int:
@@ -117,10 +137,13 @@ def attack_cell(plan: CellPlan, ws: Workspace, victim: Victim, targets: torch.Te
     checksums = [model_checksum(m.model) for m in (victim, surrogate)]
     ws.stage(f"preparing {attack.label()}")
     prepare_key = content_key(stage="prepare", code=code_hash(ATTACK_CODE), victim=plan.attacker.key,
-                              attack=plan.attack.identity(), seed=cell.seed)
+                              attack=[attack.name, attack.prepare_parameters(), plan.attack.source_hash],
+                              seed=cell.seed)
+    ctx.generator.manual_seed(int(prepare_key[:12], 16))  # what prepare learns depends on its key alone
     prepare_seconds = prepare(attack, ctx, ws.cache, prepare_key)
+    ctx.generator.manual_seed(attack_seed(cell))
     outcome = attack_queries(attack, splits.query, targets, cell.epsilon, victim.model, ws.attack_batch, ws.device,
-                             ws.stage)
+                             ws.stage, keep=gallery_queries(len(splits.query), cell.seed))
     if [model_checksum(m.model) for m in (victim, surrogate)] != checksums:
         raise RuntimeError(f"attack {attack.name} changed the weights of the model it attacked; an attack must not "
                            f"modify the victim or surrogate (work on a copy)")
@@ -136,7 +159,7 @@ def release(plan: CellPlan, ws: Workspace, victim: Victim) -> tuple[AttackOutcom
     codes = ws.protected_codes(victim, plan.protection, cell.seed) if (protected_queries or protected_database) else {}
     query_codes = codes["query"] if protected_queries else victim.query_codes.cpu()
     database_codes = codes["database"] if protected_database else victim.database_codes.cpu()
-    statistics, seconds, gallery = PerturbationStatistics(), 0.0, {}
+    statistics, seconds, kept = PerturbationStatistics(), 0.0, Kept(gallery_queries(len(splits.query), cell.seed))
     released = ws.protected(splits.query, plan.protection) if protected_queries else splits.query
     for x, _, index in splits.query.batches(ws.attack_batch):
         synchronize(ws.device)
@@ -145,12 +168,11 @@ def release(plan: CellPlan, ws: Workspace, victim: Victim) -> tuple[AttackOutcom
         synchronize(ws.device)
         seconds += time.perf_counter() - started
         statistics.add(x, x_released, 0)
-        if not gallery:
-            gallery = {"clean": x[:4], "adversarial": x_released[:4]}
+        kept.add(index, x, x_released)
     changed = [float((query_codes != victim.query_codes.cpu()).any(1).float().mean())] if protected_queries else []
     if protected_database:
         changed.append(float((database_codes != victim.database_codes.cpu()).any(1).float().mean()))
-    outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, gallery)
+    outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
     return outcome, database_codes, max(changed, default=0.0)
 
 
@@ -163,7 +185,7 @@ def base_row(plan: CellPlan, ws: Workspace, victim: Victim | None, attack, cell_
         "dataset": cell.dataset, "dataset_label": plan.data_identity.get("label", cell.dataset),
         "hashing": cell.hashing, "hashing_label": method.label(), "backbone": cell.backbone, "bits": cell.bits,
         "defense": cell.defense, "defense_label": defense.label(), "train_data": cell.train_data,
-        "attack": cell.attack, "attack_label": attack.label(),
+        "attack": cell.attack, "attack_label": attack.label(), "targeted": bool(attack.targeted),
         "epsilon": math.nan if cell.epsilon is None else cell.epsilon, "surrogate": cell.surrogate,
         "scenario": cell.scenario, "seed": cell.seed, "status": "ok", "error": "", "flags": cell_flags,
         "iterations": attack.iteration_count(),

@@ -229,5 +229,6 @@ class Planner:
         for choice in filter(None, (attack, protection and protection.defense,
                                     victim.protection and victim.protection.defense)):
             files[choice.source_file] = choice.source_hash[:16]
-        files.update(module_hashes(TRAINING_CODE + ATTACK_CODE + TARGET_CODE + EVALUATION_CODE))
+        modules = module_hashes(TRAINING_CODE + ATTACK_CODE + TARGET_CODE + EVALUATION_CODE)
+        files.update({path: digest for path, digest in modules.items() if digest != "absent"})
         return dict(sorted(files.items()))

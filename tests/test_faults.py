@@ -82,6 +82,10 @@ def test_a_victim_trained_to_one_code_gives_flagged_cells(tmp_path):
     assert (table["status"] == "ok").all()
     for flags in table.drop_duplicates("cell_key")["flags"]:
         assert "victim_collapsed" in flags and "chance_map" in flags
+    from leaderboard.render import render
+
+    index = render(tmp_path / "results", tmp_path / "site").read_text()
+    assert "victim_collapsed" in index  # the overview shows the flag and its reason
 
 
 def test_a_working_victim_and_attack_carry_no_degeneracy_flags(tmp_path, shared_cache):

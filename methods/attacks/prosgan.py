@@ -38,6 +38,7 @@ FLICKR-25K. The paper's D ends in a sigmoid, the code's does not (``discriminato
 """
 from __future__ import annotations
 
+import typing
 from typing import Annotated
 
 import torch
@@ -143,6 +144,8 @@ class ProSGAN(Attack):
              "Hashing. CVPR 2021")
     url = "https://github.com/xunguangwang/ProS-GAN"
     targeted = True
+
+    perturb_parameters: typing.ClassVar[tuple[str, ...]] = ("bounded",)  # a bounded run reuses the generator
 
     bounded: bool = False                             # paper: no epsilon; true: output projected onto the epsilon ball
     reconstruction_weight: float = 50.0               # alpha, Sec. 4.2: 50 NUS-WIDE and MS-COCO, 100 FLICKR-25K

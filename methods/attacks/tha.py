@@ -18,6 +18,7 @@ variant. ``prototype_objective = "prosgan"`` trains P with ProS-GAN's pair likel
 """
 from __future__ import annotations
 
+import typing
 from typing import Annotated
 
 import torch
@@ -31,6 +32,8 @@ class THA(Attack):
     paper = "Wang, Zhang, Lu, Xu. Targeted Attack and Defense for Deep Hashing. SIGIR 2021"
     url = "https://github.com/xunguangwang/Targeted-Attack-and-Defense-for-Deep-Hashing"
     targeted = True
+
+    perturb_parameters: typing.ClassVar[tuple[str, ...]] = ("iterations", "step_size", "continuation")
 
     iterations: Annotated[int, Range(1)] = 100     # THA code (attack.py); its function default is 2000
     step_size: float = 1 / 255
