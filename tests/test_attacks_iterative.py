@@ -11,6 +11,7 @@ import torch
 from benchmark import (AttackContext, Perturbed, center_codes, codes_with_label, hag_loss, hag_mask, pgd_toward_codes,
                        snapshot_milestones)
 from benchmark.centers import jaccard_similarity
+from benchmark.grid import expand, load_preset
 from benchmark.targets import TARGET_RULES, draw_target_labels
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,3 +282,10 @@ def test_target_rules_keep_their_promises():
     assert (anything == QUERY_LABELS).all(1).any()       # the query's own label vector may come back
     with pytest.raises(ValueError, match="accepted: disjoint, different, any, frequent"):
         draw_target_labels(QUERY_LABELS, DATABASE_LABELS, generator, "nearby")
+
+
+def test_the_attacks_grid_runs_every_attack_against_dpsh_32_at_both_budgets(registry):
+    cells = expand(load_preset("attacks"), registry)
+    assert set(registry.names("attacks")) - {"tha", "prosgan"} <= {c.attack for c in cells}
+    assert {(c.hashing, c.bits) for c in cells} == {("dpsh", 32)}
+    assert {round(c.epsilon * 255) for c in cells if c.attack == "hag"} == {8, 16}
