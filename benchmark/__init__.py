@@ -5,8 +5,10 @@
     from benchmark import Dataset, Splits, TensorImages           # a dataset plugin
     from benchmark import PrototypeNet, train_prototype_net       # THA, ProS-GAN, ATRDH
 """
-from benchmark.attack import (Attack, AttackContext, Perturbed, codes_with_label, continuation_alpha,
-                              label_vote_code, pgd_toward_codes, project)
+from benchmark.attack import (STEP_RULES, STEP_SIZE_BY_RULE, Attack, AttackContext, Perturbed, anchor_codes,
+                              codes_with_label, continuation_alpha, descend_images, hag_loss, hag_mask,
+                              label_vote_code, pgd_toward_codes, project, snapshot_milestones)
+from benchmark.centers import center_codes
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
 from benchmark.defense import Defense
@@ -28,6 +30,8 @@ def base_classes() -> dict[str, type[Plugin]]:
 
 __all__ = [
     "Attack", "AttackContext", "Perturbed", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
+    "STEP_RULES", "STEP_SIZE_BY_RULE", "anchor_codes", "descend_images", "hag_loss", "hag_mask",
+    "snapshot_milestones", "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import typing
 
-from benchmark import Attack, Range, pgd_toward_codes
+from benchmark import Attack, Perturbed, Range, pgd_toward_codes, snapshot_milestones
 
 
 class PGD(Attack):
@@ -25,9 +25,12 @@ class PGD(Attack):
     random_start: bool = True
     continuation: bool = True       # tanh(alpha * y) with alpha from DHTA's schedule 0.1 ... 1.0
     alpha: float = 0.1              # the fixed tanh scale when continuation is off
+    snapshot_every: int = 0         # keep the images every N iterations too; 0: final only
 
     def perturb(self, x, labels, target_labels):
         clean_codes = self.ctx.model.codes(x)
-        return pgd_toward_codes(self.ctx.model, x, -clean_codes, self.epsilon, self.iterations, self.step_size,
-                                step_rule="sign", random_start=self.random_start, continuation=self.continuation,
-                                alpha=self.alpha, generator=self.ctx.generator)
+        images = pgd_toward_codes(self.ctx.model, x, -clean_codes, self.epsilon, self.iterations, self.step_size,
+                                  step_rule="sign", random_start=self.random_start, continuation=self.continuation,
+                                  alpha=self.alpha, generator=self.ctx.generator,
+                                  milestones=snapshot_milestones(self.iterations, self.snapshot_every))
+        return Perturbed(images) if isinstance(images, dict) else images
