@@ -2,8 +2,9 @@
 
 ``fit(method, model, train, ctx)`` trains ``model`` in place. The "none" defense simply calls the
 hashing method's own ``fit``; adversarial training (ATRDH, CgAT) writes its own loop and calls
-``method.loss`` for the benign term (``method.observe`` records the batch in the method's state; the
-loss itself never writes there, so adversarial outputs cannot leak into memory banks).
+``method.training_loss`` for the benign term (``observe`` records the clean batch in the method's
+state, then ``loss``); ``method.loss`` itself never writes there, so adversarial outputs cannot leak
+into memory banks, counters or schedules.
 
 A *protection* (PPL; ``protects = True``) is trained before data release: ``prepare_protection`` learns
 a generator from the training set (once per dataset, parameters and seed; its ``state_dict`` is cached

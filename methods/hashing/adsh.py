@@ -8,8 +8,8 @@ database points Omega, trains the network on them for a few epochs, then updates
       L = 1/(N B) * [ sum_{i,j} ( u_i^T v_j - K s_ij )^2 + gamma sum_i || v_{Omega_i} - u_i ||^2 ],
   s_ij = 1 for similar pairs and -r otherwise, r = #similar / #dissimilar pairs of the matrix
   (the reference code's soft similarity; the paper uses {-1, +1});
-* V step (after the inner epochs), bit by bit, with U (m, K) the sampled points' outputs collected during
-  the inner epochs and U_bar (N, K) equal to U at Omega and 0 elsewhere:
+* V step (after the inner epochs), bit by bit, with U (m, K) the sampled points' outputs collected by
+  ``observe`` during the inner epochs and U_bar (N, K) equal to U at Omega and 0 elsewhere:
       Q = -2K S^T U - 2 gamma U_bar,   V_k = -sign( 2 V_{-k} (U_{-k}^T U_k) + Q_k ),
   where S is (m, N) and V_{-k}, U_{-k} drop bit k.
 
@@ -56,9 +56,11 @@ class ADSH(HashingMethod):
         r = s.sum() / (1 - s).sum().clamp(min=1)
         return s * (1 + r) - r
 
+    def observe(self, outputs, labels, index):
+        self.U_bar[index] = torch.tanh(outputs)
+
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)  # (B, K)
-        self.U_bar[index] = u.detach()
         square = (u @ self.V.t() - u.shape[1] * self.similarity(labels)).pow(2).sum()
         quantisation = (self.V[index] - u).pow(2).sum()
         return (square + self.gamma * quantisation) / (len(self.V) * len(u))
@@ -85,7 +87,7 @@ class ADSH(HashingMethod):
             for _ in range(self.inner_epochs):
                 for x, y, local in points.batches(self.batch_size, shuffle=True, generator=ctx.generator):
                     index = sample[local].to(ctx.device)
-                    loss = self.loss(model.logits(x.to(ctx.device)), y.to(ctx.device), index)
+                    loss = self.training_loss(model.logits(x.to(ctx.device)), y.to(ctx.device), index)
                     check_finite(loss, self.name, outer, steps)
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()

@@ -45,10 +45,13 @@ class DPH(HashingMethod):
             self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)  # (N, K)
             self.bank_labels = train.labels.to(ctx.device)                         # (N, C)
 
+    def observe(self, outputs, labels, index):
+        if self.pairs == "memory":
+            self.bank_outputs[index] = torch.tanh(outputs)
+
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)  # (B, K)
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels

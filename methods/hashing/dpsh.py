@@ -37,10 +37,13 @@ class DPSH(HashingMethod):
             self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)
             self.bank_labels = train.labels.to(ctx.device)
 
+    def observe(self, outputs, labels, index):
+        if self.pairs == "memory":
+            self.bank_outputs[index] = torch.tanh(outputs)
+
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels

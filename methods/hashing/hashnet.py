@@ -48,13 +48,17 @@ class HashNet(HashingMethod):
         self.iteration = 0
         self.beta = 1.0
 
-    def loss(self, outputs, labels, index):
+    def observe(self, outputs, labels, index):
+        """One training iteration: the continuation schedule moves, the bank records the batch."""
         if self.iteration % self.scale_step == 0:
             self.beta = (1 + self.gamma * self.iteration) ** self.power
         self.iteration += 1
+        if self.pairs == "memory":
+            self.bank_outputs[index] = torch.tanh(self.beta * outputs)
+
+    def loss(self, outputs, labels, index):
         u = torch.tanh(self.beta * outputs)  # (B, K)
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels
