@@ -6,6 +6,7 @@
 """
 from benchmark.attack import (Attack, AttackContext, Perturbed, codes_with_label, continuation_alpha,
                               label_vote_code, pgd_toward_codes, project)
+from benchmark.centers import center_codes
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
 from benchmark.defense import Defense
@@ -24,6 +25,7 @@ def base_classes() -> dict[str, type[Plugin]]:
 
 __all__ = [
     "Attack", "AttackContext", "Perturbed", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
+    "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
