@@ -3,6 +3,7 @@
     from benchmark import Attack, project, continuation_alpha   # an attack plugin
     from benchmark import HashingMethod, pairwise_similarity     # a hashing-method plugin
     from benchmark import Dataset, Splits, TensorImages           # a dataset plugin
+    from benchmark import PrototypeNet, train_prototype_net       # THA, ProS-GAN, ATRDH
 """
 from benchmark.attack import (Attack, AttackContext, Perturbed, codes_with_label, continuation_alpha,
                               label_vote_code, pgd_toward_codes, project)
@@ -15,6 +16,9 @@ from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, ch
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize, build_victim
 from benchmark.plugins import OneOf, Plugin, Range, Registry
+from benchmark.prototype import (PROTOTYPE_OBJECTIVES, PrototypeNet, circle_prototype_loss, prosgan_prototype_loss,
+                                 prototype_loss, prototype_optimizer, prototype_step, sample_target_labels,
+                                 seeded_torch, train_prototype_net)
 
 HARNESS_VERSION = "3"  # 3: attack draws seeded by the cell identity; 2: victim init seeded by the cell seed
 
@@ -30,5 +34,7 @@ __all__ = [
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
+    "PROTOTYPE_OBJECTIVES", "PrototypeNet", "circle_prototype_loss", "prosgan_prototype_loss", "prototype_loss",
+    "prototype_optimizer", "prototype_step", "sample_target_labels", "seeded_torch", "train_prototype_net",
     "HARNESS_VERSION", "base_classes",
 ]
