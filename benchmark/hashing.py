@@ -84,6 +84,14 @@ class HashingMethod(Plugin):
     def begin(self, train: ImageSet, bits: int, ctx: TrainContext) -> None:
         """Called once before training: allocate memory banks and the like."""
 
+    def warm_start(self, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
+        """After ``begin``, set the state as the method's own training of ``model`` would have left it.
+
+        For defenses that go on training an already trained victim (CgAT's ``preinstall`` of the loss's
+        memory bank): banks filled with the model's training outputs, codes and classifiers derived from
+        them, schedules advanced to where ``fit`` ended. The default keeps ``begin``'s state (no state).
+        """
+
     def observe(self, outputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
         """Record a batch of clean training outputs (detached, (B, K)) in the method's state.
 
@@ -127,6 +135,16 @@ class HashingMethod(Plugin):
         model.eval()
 
 
+@torch.no_grad()
+def training_outputs(model: HashModel, train: ImageSet, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Pre-activation outputs y (N, K) of the whole training set, in its order, in eval mode (mode restored)."""
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model.logits(x.to(device)) for x, _, _ in train.batches(batch_size)])
+    model.train(was_training)
+    return outputs
+
+
 def logistic_pair_loss(theta: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     """Elementwise -(s * theta - log(1 + e^theta)), computed stably; the DPSH/DSDH pair likelihood."""
     return torch.nn.functional.softplus(theta) - similarity * theta
@@ -152,6 +170,12 @@ class DSDHState:
         n, classes = labels.shape
         return cls(U=torch.zeros(n, bits, device=device), Y=labels.to(device),
                    B=torch.zeros(n, bits, device=device), W=torch.zeros(bits, classes, device=device))
+
+    def warm_start(self, u: torch.Tensor, mu: float, nu: float, eta: float, rounds: int) -> None:
+        """State after training: the bank holds the relaxed outputs u (N, K) of the whole training set, and
+        B, W come from a discrete step on it (the reference code's ``preinstall`` then ``update_band_W``)."""
+        self.U = u.detach().clone()
+        self.discrete_step(mu, nu, eta, rounds)
 
     def observe(self, u: torch.Tensor, index: torch.Tensor) -> None:
         """Record the relaxed clean outputs u (B, K) of training items ``index`` in the bank U."""

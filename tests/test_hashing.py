@@ -274,6 +274,44 @@ def test_a_defense_step_leaves_the_state_as_a_clean_step(name, overrides):
     assert_same_state(state_of(vars(clean)), state_of(vars(defended)), name)
 
 
+class FixedOutputs(torch.nn.Module):
+    """A stand-in victim whose outputs for the 6 tiny training images are fixed (item i gets row i)."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def logits(self, x):
+        return self.outputs[x.flatten(1)[:, 0].long()]
+
+
+def indexed_set():
+    """The 6-item training set of ``started``, each image holding its own index in pixel 0."""
+    return TensorImages(torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 2, 2).clone(), one_hot([0, 1, 2, 0, 1, 2], 3))
+
+
+def test_warm_start_sets_the_state_training_leaves():
+    outputs = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    model, train = FixedOutputs(outputs), indexed_set()
+    dsdh = started("dsdh", {})
+    dsdh.warm_start(model, train, context(3))
+    assert torch.allclose(dsdh.state.U, torch.tanh(outputs)) and dsdh.state.have_codes
+    expected = started("dsdh", {})
+    expected.state.U = torch.tanh(outputs)
+    expected.end_epoch(None, None, 0, context(3))
+    assert torch.equal(dsdh.state.B, expected.state.B) and torch.equal(dsdh.state.W, expected.state.W)
+    adsh = started("adsh", {})
+    adsh.warm_start(model, train, context(3))
+    assert torch.equal(adsh.V, torch.where(outputs >= 0, 1.0, -1.0))
+    dpsh = started("dpsh", {"pairs": "memory"})
+    dpsh.warm_start(model, train, context(3))
+    assert torch.allclose(dpsh.bank_outputs, torch.tanh(outputs))
+    # HashNet after fit(epochs=2, batch_size=4) on 6 items: 4 iterations; with scale_step 3 the last update was at 3
+    hashnet = started("hashnet", {"epochs": 2, "batch_size": 4, "scale_step": 3})
+    hashnet.warm_start(model, train, context(3))
+    assert hashnet.iteration == 4 and hashnet.beta == pytest.approx((1 + 0.005 * 3) ** 0.5)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # CSQ's hash centres
 

@@ -19,7 +19,9 @@ gradient), which on PPL's small network trained from scratch left the codes at c
 three outer iterations (mAP 0.10 at 32 bits, against 0.61 after the first one from random V).
 The paper keeps V as the codes of the database points inside the training set;
 hashbench encodes both queries and database with the network, so that every attack is measured the
-same way on every method. ``epochs`` counts outer iterations (each ``inner_epochs`` passes over m
+same way on every method. A defense that goes on training a trained victim (``warm_start``) starts
+from V = the codes of the training points, and its epochs over the whole training set end in a V step on
+all of them (m = N; the similarity matrix is then N x N). ``epochs`` counts outer iterations (each ``inner_epochs`` passes over m
 points). Adam at lr 1e-3 trains PPL's small network from scratch (DeepHash-pytorch: Adam 1e-4 on a
 pretrained AlexNet); fewer outer iterations than the reference's 150 suffice on FashionMNIST.
 """
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, binarize, check_finite, pairwise_similarity
+from benchmark import HashingMethod, binarize, check_finite, pairwise_similarity, training_outputs
 
 
 class ADSH(HashingMethod):
@@ -49,6 +51,12 @@ class ADSH(HashingMethod):
         # (N, K) database codes, random +-1 before the first V step (the reference starts from 0)
         self.V = binarize(torch.randn(len(train), bits, generator=ctx.generator)).to(ctx.device)
         self.U_bar = torch.zeros(len(train), bits, device=ctx.device)  # (N, K) outputs of the sampled points
+        self.sample = None  # database indices of the current outer iteration's points (None: every point)
+
+    def warm_start(self, model, train, ctx):
+        """V as training leaves it: the codes of the training points under the trained network (the gamma
+        term of the loss pulls v_i and u_i together)."""
+        self.V = binarize(training_outputs(model, train, ctx.device))
 
     def similarity(self, labels):
         """s_ij = 1 if similar, -r otherwise, r = #similar / #dissimilar; (B, N)."""
@@ -74,6 +82,12 @@ class ADSH(HashingMethod):
             rest = [j for j in range(U.shape[1]) if j != k]
             self.V[:, k] = -binarize(2 * self.V[:, rest] @ (U[:, rest].t() @ U[:, k]) + Q[:, k])
 
+    def end_epoch(self, model, train, epoch, ctx):
+        """The V step after the outer iteration's inner epochs; in a defense's loop, where an epoch visits
+        every training point, on all of them (ADSH with m = N)."""
+        sample = self.sample if self.sample is not None else torch.arange(len(self.V), device=self.V.device)
+        self.update_codes(sample)
+
     def fit(self, model, train, ctx):
         self.begin(train, model.bits, ctx)
         optimizer = self.make_optimizer(model)
@@ -82,6 +96,7 @@ class ADSH(HashingMethod):
         for outer in range(self.epochs):
             sample = torch.randperm(len(train), generator=ctx.generator)[:m]
             points = train.subset(sample)
+            self.sample = sample.to(ctx.device)
             self.U_bar.zero_()
             total, steps = 0.0, 0
             for _ in range(self.inner_epochs):
@@ -93,7 +108,7 @@ class ADSH(HashingMethod):
                     loss.backward()
                     optimizer.step()
                     total, steps = total + loss.item(), steps + 1
-            self.update_codes(sample.to(ctx.device))
+            self.end_epoch(model, train, outer, ctx)
             ctx.info.setdefault("loss_per_epoch", []).append(total / max(steps, 1))
             ctx.progress(f"outer iteration {outer + 1}/{self.epochs} loss {total / max(steps, 1):.4f}")
         model.eval()

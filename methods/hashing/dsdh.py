@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import DSDHState, HashingMethod
+from benchmark import DSDHState, HashingMethod, training_outputs
 
 
 class DSDH(HashingMethod):
@@ -53,6 +53,10 @@ class DSDH(HashingMethod):
         if self.pairs not in ("batch", "memory"):
             raise ValueError(f"dsdh.pairs must be 'batch' or 'memory'; got {self.pairs!r}")
         self.state = DSDHState.start(train.labels, bits, ctx.device)  # banks U, Y; codes B; classifier W
+
+    def warm_start(self, model, train, ctx):
+        u = torch.tanh(training_outputs(model, train, ctx.device))
+        self.state.warm_start(u, self.mu, self.nu, self.eta, self.dcc_iter)
 
     def observe(self, outputs, labels, index):
         self.state.observe(torch.tanh(outputs), index)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import DSDHState, HashingMethod
+from benchmark import DSDHState, HashingMethod, training_outputs
 
 
 class DSDHC(HashingMethod):
@@ -46,6 +46,10 @@ class DSDHC(HashingMethod):
         seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
         self.sampler = torch.Generator().manual_seed(seed)  # the +-1 target samples of the quantisation loss
         self.target = None  # (B, K) the current batch's draw, set by observe
+
+    def warm_start(self, model, train, ctx):
+        u = torch.tanh(training_outputs(model, train, ctx.device))
+        self.state.warm_start(u, self.mu, self.nu, self.eta, self.dcc_iter)
 
     def observe(self, outputs, labels, index):
         """Records the batch in DSDH's bank and draws the batch's +-1 target samples."""

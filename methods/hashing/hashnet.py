@@ -18,9 +18,11 @@ pretrained AlexNet (RMSprop 1e-5 in DeepHash-pytorch, SGD 0.01 in TAD).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity
+from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity, training_outputs
 
 
 class HashNet(HashingMethod):
@@ -47,6 +49,14 @@ class HashNet(HashingMethod):
             self.bank_labels = train.labels.to(ctx.device)                         # (N, C)
         self.iteration = 0
         self.beta = 1.0
+
+    def warm_start(self, model, train, ctx):
+        """Continuation where ``fit`` ended: its iteration count, the beta of its last schedule point."""
+        self.iteration = self.epochs * math.ceil(len(train) / self.batch_size)
+        last_update = (self.iteration - 1) // self.scale_step * self.scale_step
+        self.beta = (1 + self.gamma * last_update) ** self.power
+        if self.pairs == "memory":
+            self.bank_outputs = torch.tanh(self.beta * training_outputs(model, train, ctx.device))
 
     def observe(self, outputs, labels, index):
         """One training iteration: the continuation schedule moves, the bank records the batch."""
