@@ -21,9 +21,10 @@ The paper keeps V as the codes of the database points inside the training set;
 hashbench encodes both queries and database with the network, so that every attack is measured the
 same way on every method. A defense that goes on training a trained victim (``warm_start``) starts
 from V = the codes of the training points, and its epochs over the whole training set end in a V step on
-all of them (m = N; the similarity matrix is then N x N). ``epochs`` counts outer iterations (each ``inner_epochs`` passes over m
-points). Adam at lr 1e-3 trains PPL's small network from scratch (DeepHash-pytorch: Adam 1e-4 on a
-pretrained AlexNet); fewer outer iterations than the reference's 150 suffice on FashionMNIST.
+all of them (m = N; the similarity matrix is then N x N). ``epochs`` counts outer iterations (each
+``inner_epochs`` passes over m points). Adam at lr 1e-3 trains PPL's small network from scratch
+(DeepHash-pytorch: Adam 1e-4 on a pretrained AlexNet); fewer outer iterations than the reference's 150
+suffice on FashionMNIST.
 """
 from __future__ import annotations
 
