@@ -10,7 +10,7 @@ from benchmark.attack import (Attack, AttackContext, Perturbed, codes_with_label
 from benchmark.centers import center_codes
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
-from benchmark.defense import Defense
+from benchmark.defense import Defense, lr_milestones
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity, training_outputs)
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
@@ -31,7 +31,7 @@ __all__ = [
     "Attack", "AttackContext", "Perturbed", "codes_with_label", "continuation_alpha", "label_vote_code", "pgd_toward_codes", "project",
     "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
-    "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
+    "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense", "lr_milestones",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "training_outputs", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
     "PROTOTYPE_OBJECTIVES", "PrototypeNet", "circle_prototype_loss", "prosgan_prototype_loss", "prototype_loss",

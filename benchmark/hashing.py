@@ -61,11 +61,12 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
     raise ValueError(f"unknown optimizer {name!r}; accepted: sgd, adam, rmsprop")
 
 
-def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int) -> None:
+def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int, kind: str = "hashing") -> None:
+    """Raise TrainingDiverged for a NaN/inf loss of plugin ``method`` (of ``kind``: hashing, defenses)."""
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"{method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-            f"lower its lr (e.g. --set hashing.{method}.lr=...) or check its inputs")
+            f"lower its lr (e.g. --set {kind}.{method}.lr=...) or check its inputs")
 
 
 class HashingMethod(Plugin):
