@@ -11,9 +11,9 @@ from benchmark.attack import (STEP_RULES, STEP_SIZE_BY_RULE, Attack, AttackConte
 from benchmark.centers import center_codes
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
-from benchmark.defense import Defense
+from benchmark.defense import Defense, lr_milestones
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
-                               logistic_pair_loss, make_optimizer, pairwise_similarity)
+                               logistic_pair_loss, make_optimizer, pairwise_similarity, training_outputs)
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize, build_victim
 from benchmark.plugins import OneOf, Plugin, Range, Registry
@@ -33,9 +33,9 @@ __all__ = [
     "STEP_RULES", "STEP_SIZE_BY_RULE", "anchor_codes", "descend_images", "hag_loss", "hag_mask",
     "snapshot_milestones", "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
-    "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
+    "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense", "lr_milestones",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
-    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
+    "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "training_outputs", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
     "PROTOTYPE_OBJECTIVES", "PrototypeNet", "circle_prototype_loss", "prosgan_prototype_loss", "prototype_loss",
     "prototype_optimizer", "prototype_step", "sample_target_labels", "seeded_torch", "train_prototype_net",
     "HARNESS_VERSION", "base_classes",

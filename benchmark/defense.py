@@ -2,8 +2,9 @@
 
 ``fit(method, model, train, ctx)`` trains ``model`` in place. The "none" defense simply calls the
 hashing method's own ``fit``; adversarial training (ATRDH, CgAT) writes its own loop and calls
-``method.loss`` for the benign term (``method.observe`` records the batch in the method's state; the
-loss itself never writes there, so adversarial outputs cannot leak into memory banks).
+``method.training_loss`` for the benign term (``observe`` records the clean batch in the method's
+state, then ``loss``); ``method.loss`` itself never writes there, so adversarial outputs cannot leak
+into memory banks, counters or schedules.
 
 A *protection* (PPL; ``protects = True``) is trained before data release: ``prepare_protection`` learns
 a generator from the training set (once per dataset, parameters and seed; its ``state_dict`` is cached
@@ -24,6 +25,14 @@ from benchmark.model import HashModel
 from benchmark.plugins import Plugin
 
 
+def lr_milestones(optimizer: torch.optim.Optimizer, total_steps: int, fractions: tuple[float, ...] = (0.5, 0.75),
+                  factor: float = 0.1) -> torch.optim.lr_scheduler.MultiStepLR:
+    """The adversarial-training references' schedule (CgAT, TAD, SAAT): the lr times ``factor`` after
+    ``fractions`` of ``total_steps`` optimiser steps. Call ``step()`` after every optimiser step."""
+    milestones = sorted({int(total_steps * fraction) for fraction in fractions})
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=factor)
+
+
 class Defense(Plugin):
     kind: typing.ClassVar[str] = "defenses"
     protects: typing.ClassVar[bool] = False  # True: a data protection (PPL), evaluated by scenario
@@ -32,6 +41,7 @@ class Defense(Plugin):
     starts_from_victim: typing.ClassVar[bool] = False
 
     def fit(self, method: HashingMethod, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
+        """Train ``model`` in place (with ``starts_from_victim``: go on training the trained victim)."""
         method.fit(model, train, ctx)
 
     def prepare_protection(self, train: ImageSet, ctx: TrainContext) -> None:

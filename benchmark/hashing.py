@@ -1,10 +1,19 @@
 """The hashing-method plugin base and the standard training loop.
 
-A method supplies its loss on a batch: ``loss(outputs, labels, index)`` where ``outputs`` are the
-victim's pre-activation outputs y (B, K) and ``index`` the batch's positions in the training set (for
-memory banks). The base ``fit`` runs the usual loop. Methods with their own optimisation (DSDH's
-discrete B/W updates, ADSH's asymmetric database codes) use the ``begin``/``end_epoch`` hooks or
-override ``fit``; defenses reuse ``loss`` inside their own loops.
+A method's batch work is split in two, so that a loss can never write into the training state:
+
+* ``observe(outputs, labels, index)`` records a batch of clean training outputs in the method's state
+  (memory banks of training outputs, iteration counters, continuation schedules, per-batch random draws);
+* ``loss(outputs, labels, index)`` computes the loss on a batch and only *reads* that state.
+
+``outputs`` are the victim's pre-activation outputs y (B, K) and ``index`` the batch's positions in the
+training set (for memory banks). A training step calls ``observe`` once on the detached clean outputs,
+then ``loss``; ``training_loss`` does both, and the base ``fit`` runs the usual loop with it. Methods
+with their own optimisation (DSDH's discrete B/W updates, ADSH's asymmetric database codes) use the
+``begin``/``end_epoch`` hooks or override ``fit``, stepping the same way. Defenses reuse
+``training_loss`` on the clean batch inside their own loops and may evaluate ``loss`` on adversarial
+outputs any number of times: the method's state stays what clean training makes it (the contract test
+in tests/test_hashing.py checks this for every method).
 """
 from __future__ import annotations
 
@@ -52,15 +61,17 @@ def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: 
     raise ValueError(f"unknown optimizer {name!r}; accepted: sgd, adam, rmsprop")
 
 
-def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int) -> None:
+def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int, kind: str = "hashing") -> None:
+    """Raise TrainingDiverged for a NaN/inf loss of plugin ``method`` (of ``kind``: hashing, defenses)."""
     if not torch.isfinite(loss):
         raise TrainingDiverged(
             f"{method} loss became {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
-            f"lower its lr (e.g. --set hashing.{method}.lr=...) or check its inputs")
+            f"lower its lr (e.g. --set {kind}.{method}.lr=...) or check its inputs")
 
 
 class HashingMethod(Plugin):
-    """Base of the hashing methods. Subclasses set the paper's defaults and implement ``loss``."""
+    """Base of the hashing methods. Subclasses set the paper's defaults and implement ``loss`` (pure) and,
+    when they keep state across batches, ``observe``."""
 
     kind: typing.ClassVar[str] = "hashing"
 
@@ -74,8 +85,29 @@ class HashingMethod(Plugin):
     def begin(self, train: ImageSet, bits: int, ctx: TrainContext) -> None:
         """Called once before training: allocate memory banks and the like."""
 
+    def warm_start(self, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
+        """After ``begin``, set the state as the method's own training of ``model`` would have left it.
+
+        For defenses that go on training an already trained victim (CgAT's ``preinstall`` of the loss's
+        memory bank): banks filled with the model's training outputs, codes and classifiers derived from
+        them, schedules advanced to where ``fit`` ended. The default keeps ``begin``'s state (no state).
+        """
+
+    def observe(self, outputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> None:
+        """Record a batch of clean training outputs (detached, (B, K)) in the method's state.
+
+        Called once per training batch, before ``loss``: memory banks, counters and schedules move here.
+        The default records nothing (a method whose loss needs only the batch).
+        """
+
     def loss(self, outputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The method's loss on a batch of outputs (B, K). Reads the state ``observe`` keeps; never writes it."""
         raise NotImplementedError
+
+    def training_loss(self, outputs: torch.Tensor, labels: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        """The loss of a clean training step: ``observe`` the detached outputs, then ``loss`` on them."""
+        self.observe(outputs.detach(), labels, index)
+        return self.loss(outputs, labels, index)
 
     def end_epoch(self, model: HashModel, train: ImageSet, epoch: int, ctx: TrainContext) -> None:
         """Called after each epoch (DSDH's discrete updates, HashNet's scale schedule, ...)."""
@@ -84,7 +116,7 @@ class HashingMethod(Plugin):
         return make_optimizer(self.optimizer, model.parameters(), self.lr, self.weight_decay, self.momentum)
 
     def fit(self, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
-        """The standard loop: shuffled batches, ``loss`` on the outputs, one optimiser step each."""
+        """The standard loop: shuffled batches, ``observe`` then ``loss`` on the outputs, one optimiser step each."""
         self.begin(train, model.bits, ctx)
         optimizer = self.make_optimizer(model)
         model.train()
@@ -92,7 +124,7 @@ class HashingMethod(Plugin):
             total, steps = 0.0, 0
             for step, (x, y, index) in enumerate(train.batches(self.batch_size, shuffle=True, generator=ctx.generator)):
                 x, y, index = x.to(ctx.device), y.to(ctx.device), index.to(ctx.device)
-                loss = self.loss(model.logits(x), y, index)
+                loss = self.training_loss(model.logits(x), y, index)
                 check_finite(loss, self.name, epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -104,6 +136,16 @@ class HashingMethod(Plugin):
         model.eval()
 
 
+@torch.no_grad()
+def training_outputs(model: HashModel, train: ImageSet, device: torch.device, batch_size: int = 512) -> torch.Tensor:
+    """Pre-activation outputs y (N, K) of the whole training set, in its order, in eval mode (mode restored)."""
+    was_training = model.training
+    model.eval()
+    outputs = torch.cat([model.logits(x.to(device)) for x, _, _ in train.batches(batch_size)])
+    model.train(was_training)
+    return outputs
+
+
 def logistic_pair_loss(theta: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
     """Elementwise -(s * theta - log(1 + e^theta)), computed stably; the DPSH/DSDH pair likelihood."""
     return torch.nn.functional.softplus(theta) - similarity * theta
@@ -113,7 +155,7 @@ def logistic_pair_loss(theta: torch.Tensor, similarity: torch.Tensor) -> torch.T
 class DSDHState:
     """DSDH's alternating optimisation (Li et al., NeurIPS 2017), shared by the DSDH and DSDH-C plugins.
 
-    U (N, K) is a bank of the training outputs, filled by ``network_loss``; Y (N, C) the labels; B (N, K)
+    U (N, K) is a bank of the training outputs, filled by ``observe``; Y (N, C) the labels; B (N, K)
     the discrete codes and W (K, C) the classifier, set by ``discrete_step`` after each epoch (before the
     first, b = sign(u) and W = 0). The equations are in methods/hashing/dsdh.py.
     """
@@ -130,10 +172,19 @@ class DSDHState:
         return cls(U=torch.zeros(n, bits, device=device), Y=labels.to(device),
                    B=torch.zeros(n, bits, device=device), W=torch.zeros(bits, classes, device=device))
 
+    def warm_start(self, u: torch.Tensor, mu: float, nu: float, eta: float, rounds: int) -> None:
+        """State after training: the bank holds the relaxed outputs u (N, K) of the whole training set, and
+        B, W come from a discrete step on it (the reference code's ``preinstall`` then ``update_band_W``)."""
+        self.U = u.detach().clone()
+        self.discrete_step(mu, nu, eta, rounds)
+
+    def observe(self, u: torch.Tensor, index: torch.Tensor) -> None:
+        """Record the relaxed clean outputs u (B, K) of training items ``index`` in the bank U."""
+        self.U[index] = u.detach()
+
     def network_loss(self, u: torch.Tensor, labels: torch.Tensor, index: torch.Tensor, pairs: str, mu: float,
                      nu: float, eta: float) -> torch.Tensor:
-        """The network step's loss on relaxed outputs u (B, K); records u in the bank."""
-        self.U[index] = u.detach()
+        """The network step's loss on relaxed outputs u (B, K); reads the bank, never writes it."""
         others, other_labels = (self.U, self.Y) if pairs == "memory" else (u, labels)
         theta = 0.5 * u @ others.t()
         likelihood = logistic_pair_loss(theta, pairwise_similarity(labels, other_labels)).mean()

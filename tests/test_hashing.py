@@ -1,18 +1,22 @@
 """The hashing methods: each loss against hand arithmetic on a tiny batch, CSQ's hash centres, the
-discrete steps of DSDH and ADSH, and each method trained briefly on a FashionMNIST subset.
+discrete steps of DSDH and ADSH, the observe/loss contract (a loss never writes the method's state), and
+each method trained briefly on a FashionMNIST subset.
 
     python -m pytest tests/test_hashing.py -q
 
 Hand-checked batches give the relaxed outputs u directly: ``outputs = atanh(u)`` so that tanh(outputs) = u.
+A clean training step is ``training_loss`` (``observe`` the batch, then ``loss``).
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from benchmark import TensorImages, TrainContext, one_hot
+from benchmark import Registry, TensorImages, TrainContext, one_hot
 from benchmark.model import build_victim
 
 
@@ -54,7 +58,7 @@ CLASSES3 = [0, 0, 1]
 def test_dph_loss_by_hand(registry):
     method = begun(registry, "dph", [0, 1], 2, bits=2)
     labels = one_hot([0, 1], 2)
-    loss = method.loss(relaxed([[0.5, -0.5], [0.5, 0.5]]), labels, torch.tensor([0, 1]))
+    loss = method.training_loss(relaxed([[0.5, -0.5], [0.5, 0.5]]), labels, torch.tensor([0, 1]))
     # u0.u0 / K = 0.5/2 = 0.25 -> (0.25 - 1)^2 = 0.5625 (twice, with u1.u1); u0.u1 = 0 -> (0 + 1)^2 = 1 (twice)
     assert loss.item() == pytest.approx((2 * 0.5625 + 2 * 1) / 4)
 
@@ -62,18 +66,18 @@ def test_dph_loss_by_hand(registry):
 def test_hashnet_loss_by_hand_and_continuation(registry):
     method = begun(registry, "hashnet", CLASSES3, 2, bits=2, scale_step=1)
     labels = one_hot(CLASSES3, 2)
-    loss = method.loss(relaxed(U3), labels, torch.arange(3))  # beta = 1 at iteration 0
+    loss = method.training_loss(relaxed(U3), labels, torch.arange(3))  # beta = 1 at iteration 0
     # a = 0.1: similar pairs d = 0.05, dissimilar d = 0; S = 9, S1 = 5, S0 = 4, weights 9/5 and 9/4, so
     # L = (9/5 * 5 * l(0.05, s=1) + 9/4 * 4 * l(0, s=0)) / 9 = l(0.05, 1) + l(0, 0)
     assert loss.item() == pytest.approx(math.log(1 + math.exp(0.05)) - 0.05 + LOG2, rel=1e-6)
-    method.loss(relaxed(U3), labels, torch.arange(3))  # iteration 1: beta = (1 + 0.005 * 1)^0.5
+    method.training_loss(relaxed(U3), labels, torch.arange(3))  # iteration 1: beta = (1 + 0.005 * 1)^0.5
     assert method.beta == pytest.approx(1.005 ** 0.5)
 
 
 def test_dsh_loss_by_hand(registry):
     method = begun(registry, "dsh", CLASSES3, 2, bits=2)
     outputs = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])  # raw outputs, no tanh
-    loss = method.loss(outputs, one_hot(CLASSES3, 2), torch.arange(3))
+    loss = method.training_loss(outputs, one_hot(CLASSES3, 2), torch.arange(3))
     # squared distances: d01 = 2, d02 = d12 = 1; margin m = 2K = 4
     # similar (0,1),(1,0): 2/2 = 1 each; dissimilar (0,2),(2,0),(1,2),(2,1): max(4 - 1, 0)/2 = 1.5 each
     contrastive = (2 * 1 + 4 * 1.5) / 9
@@ -100,7 +104,7 @@ def dsdh_by_hand():
 
 def test_dsdh_loss_by_hand(registry):
     method = dsdh_with_codes(registry, "dsdh")
-    loss = method.loss(relaxed(U3), one_hot(CLASSES3, 2), torch.arange(3))
+    loss = method.training_loss(relaxed(U3), one_hot(CLASSES3, 2), torch.arange(3))
     assert loss.item() == pytest.approx(dsdh_by_hand(), rel=1e-6)
     assert torch.allclose(method.state.U, torch.tensor(U3))  # the bank the discrete step reads
 
@@ -109,7 +113,7 @@ def test_dsdh_c_adds_the_sliced_wasserstein_term(registry):
     method = dsdh_with_codes(registry, "dsdh_c")
     u = [[-0.5, 0.5], [0.5, -0.5], [0.5, 0.5]]  # every column sorted: (-0.5, 0.5, 0.5)
     state = method.sampler.get_state()
-    loss = method.loss(relaxed(u), one_hot(CLASSES3, 2), torch.arange(3))
+    loss = method.training_loss(relaxed(u), one_hot(CLASSES3, 2), torch.arange(3))
     draw = torch.randint(0, 2, (3, 2), generator=torch.Generator().set_state(state)) * 2 - 1  # the targets it drew
     # a column of targets with n entries -1 sorts to n times -1 then 3 - n times +1; against (-0.5, 0.5, 0.5):
     cost = {0: 1.5 ** 2 + 0.5 ** 2 + 0.5 ** 2, 1: 0.5 ** 2 + 0.5 ** 2 + 0.5 ** 2,
@@ -126,7 +130,7 @@ def test_dsdh_c_adds_the_sliced_wasserstein_term(registry):
 
 def test_dsdh_discrete_step_by_hand(registry):
     method = begun(registry, "dsdh", [0, 1], 2, bits=2)
-    method.state.U = torch.tensor([[0.9, 0.9], [-0.9, 0.9]])  # as if filled by one epoch of ``loss``
+    method.state.U = torch.tensor([[0.9, 0.9], [-0.9, 0.9]])  # as if filled by one epoch of ``observe``
     method.end_epoch(None, None, 0, context(2))
     # eta/mu * U dominates P = W Y + 55 U, so B = sign(U); then W = (B^T B + nu/mu I)^-1 B^T Y = (3 I)^-1 B^T
     assert torch.equal(method.state.B, torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
@@ -135,7 +139,7 @@ def test_dsdh_discrete_step_by_hand(registry):
 
 def test_dch_loss_by_hand(registry):
     method = begun(registry, "dch", CLASSES3, 2, bits=2)
-    loss = method.loss(relaxed(U3), one_hot(CLASSES3, 2), torch.arange(3))
+    loss = method.training_loss(relaxed(U3), one_hot(CLASSES3, 2), torch.arange(3))
     # d = K/2 (1 - cos): similar pairs cos = 1 -> clamped 0.99 -> d = 0.01; dissimilar cos = 0 -> d = 1
     # weights 9/5 (similar) and 9/4 (dissimilar), so mean over 9 = one similar term + one dissimilar term
     similar = math.log(0.01 / 20) + math.log(1 + 20 / 0.01)
@@ -148,7 +152,7 @@ def test_csq_loss_by_hand(registry):
     method = begun(registry, "csq", [0, 1, 2], 3, bits=4)
     # centres: rows of H_4 = (1,1,1,1), (1,-1,1,-1), (1,1,-1,-1)
     u = [[0.5, 0.5, 0.5, 0.5], [0.5, 0.5, -0.5, -0.5]]
-    loss = method.loss(relaxed(u), one_hot([0, 1], 3), torch.tensor([0, 1]))
+    loss = method.training_loss(relaxed(u), one_hot([0, 1], 3), torch.tensor([0, 1]))
     # (u + 1)/2 = 0.75 or 0.25; item 0 against (1,1,1,1): 4 x -log 0.75;
     # item 1 against (1,0,1,0): -log 0.75, -log 0.25 (0.75 vs 0), -log 0.25 (0.25 vs 1), -log 0.75 (0.25 vs 0)
     bce = (6 * -math.log(0.75) + 2 * -math.log(0.25)) / 8
@@ -158,7 +162,7 @@ def test_csq_loss_by_hand(registry):
 def test_adsh_loss_by_hand(registry):
     method = begun(registry, "adsh", CLASSES3, 2, bits=2)
     method.V = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0]])
-    loss = method.loss(relaxed([[0.5, 0.5], [-0.5, 0.5]]), one_hot([0, 1], 2), torch.tensor([0, 2]))
+    loss = method.training_loss(relaxed([[0.5, 0.5], [-0.5, 0.5]]), one_hot([0, 1], 2), torch.tensor([0, 2]))
     # s against the database labels (0, 0, 1): rows (1, 1, 0) and (0, 0, 1); 3 similar, 3 dissimilar -> r = 1,
     # S = (1, 1, -1), (-1, -1, 1). u0 V^T - K S0 = (1, 0, 0) - (2, 2, -2) = (-1, -2, 2): squares sum to 9;
     # u2 V^T - K S1 = (0, -1, 1) - (-2, -2, 2) = (2, 1, -1): 6
@@ -174,6 +178,138 @@ def test_adsh_code_step_by_hand(registry):
     # S = 2I - 1 (r = 1); Q = -2K S^T U - 2 gamma U = -4 [[1, 0], [-1, 0]] - 400 U = [[-204, -200], [204, -200]]
     # bit 0 (V = 0): V_0 = -sign(Q_0) = (1, -1); bit 1: U_0.U_1 = 0, so V_1 = -sign(Q_1) = (1, 1)
     assert torch.equal(method.V, torch.tensor([[1.0, 1.0], [-1.0, 1.0]]))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the observe/loss contract: ``observe`` records a clean batch; ``loss`` reads the method's state, never writes it
+
+
+REGISTRY = Registry.discover()
+HASHING = REGISTRY.names("hashing")
+# every method as configured by default, and each memory-bank variant ("pairs": "memory")
+CONTRACT = [(name, {}) for name in HASHING] + [
+    (name, {"pairs": "memory"}) for name in HASHING if "pairs" in REGISTRY.get("hashing", name).defaults()]
+
+
+def state_of(value):
+    """A deep copy of what a method keeps: tensors, numbers, generator states, containers, dataclasses."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, torch.Generator):
+        return value.get_state()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return state_of(vars(value))
+    if isinstance(value, dict):
+        return {key: state_of(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [state_of(item) for item in value]
+    return copy.deepcopy(value)
+
+
+def assert_same_state(before, after, where):
+    assert type(before) is type(after), f"{where}: {type(before).__name__} became {type(after).__name__}"
+    if isinstance(before, torch.Tensor):
+        assert before.shape == after.shape and torch.equal(before, after), f"{where} changed"
+    elif isinstance(before, dict):
+        assert before.keys() == after.keys(), f"{where}: attributes {set(before) ^ set(after)} appeared or vanished"
+        for key in before:
+            assert_same_state(before[key], after[key], f"{where}.{key}")
+    elif isinstance(before, list):
+        assert len(before) == len(after), f"{where} changed length"
+        for i, (a, b) in enumerate(zip(before, after)):
+            assert_same_state(a, b, f"{where}[{i}]")
+    else:
+        assert before == after, f"{where} changed from {before!r} to {after!r}"
+
+
+def started(name, overrides, seed=0):
+    """The method after ``begin`` on 6 items of 3 classes at 4 bits."""
+    method = REGISTRY.get("hashing", name).configure(overrides)
+    method.begin(tiny_set([0, 1, 2, 0, 1, 2], 3), 4, context(3, seed))
+    return method
+
+
+BATCH_LABELS, BATCH_INDEX = one_hot([0, 1, 2, 0], 3), torch.tensor([4, 1, 2, 3])
+
+
+@pytest.mark.parametrize("name,overrides", CONTRACT, ids=[f"{n}-{o.get('pairs', 'default')}" for n, o in CONTRACT])
+def test_loss_never_writes_the_method_state(name, overrides):
+    draws = torch.Generator().manual_seed(1)
+    method = started(name, overrides)
+    method.observe(torch.randn(4, 4, generator=draws), BATCH_LABELS, BATCH_INDEX)
+    before = state_of(vars(method))
+    outputs = torch.randn(4, 4, generator=draws, requires_grad=True)
+    method.loss(outputs, BATCH_LABELS, BATCH_INDEX).backward()
+    method.loss(3 * torch.randn(4, 4, generator=draws), BATCH_LABELS, BATCH_INDEX)
+    assert_same_state(before, state_of(vars(method)), name)
+
+
+@pytest.mark.parametrize("name,overrides", [("dsdh", {"pairs": "memory"}), ("dsdh_c", {}), ("adsh", {}),
+                                            ("hashnet", {"pairs": "memory", "scale_step": 1})],
+                         ids=["dsdh", "dsdh_c", "adsh", "hashnet"])
+def test_a_defense_step_leaves_the_state_as_a_clean_step(name, overrides):
+    """observe clean + loss on clean and adversarial outputs = a clean training step, banks included."""
+    draws = torch.Generator().manual_seed(2)
+    clean_outputs, adversarial_outputs = torch.randn(4, 4, generator=draws), torch.randn(4, 4, generator=draws)
+    clean, defended = started(name, overrides), started(name, overrides)
+    for _ in range(2):  # two steps, so that the second reads what the first recorded
+        clean.training_loss(clean_outputs.clone().requires_grad_(), BATCH_LABELS, BATCH_INDEX).backward()
+        outputs = clean_outputs.clone().requires_grad_()
+        adversarial = adversarial_outputs.clone().requires_grad_()
+        loss = defended.training_loss(outputs, BATCH_LABELS, BATCH_INDEX)
+        loss = loss + defended.loss(adversarial, BATCH_LABELS, BATCH_INDEX)
+        loss.backward()
+        assert adversarial.grad is not None and adversarial.grad.abs().sum() > 0  # the adversarial term counted
+    if name == "adsh":
+        clean.update_codes(BATCH_INDEX)
+        defended.update_codes(BATCH_INDEX)
+        bank = defended.U_bar
+    else:
+        bank = getattr(defended, "state", None)
+        bank = bank.U if bank is not None else defended.bank_outputs
+        clean.end_epoch(None, None, 0, context(3))
+        defended.end_epoch(None, None, 0, context(3))
+    scale = getattr(defended, "beta", 1.0)
+    assert torch.allclose(bank[BATCH_INDEX], torch.tanh(scale * clean_outputs))  # the clean outputs, recorded
+    assert_same_state(state_of(vars(clean)), state_of(vars(defended)), name)
+
+
+class FixedOutputs(torch.nn.Module):
+    """A stand-in victim whose outputs for the 6 tiny training images are fixed (item i gets row i)."""
+
+    def __init__(self, outputs):
+        super().__init__()
+        self.outputs = outputs
+
+    def logits(self, x):
+        return self.outputs[x.flatten(1)[:, 0].long()]
+
+
+def indexed_set():
+    """The 6-item training set of ``started``, each image holding its own index in pixel 0."""
+    return TensorImages(torch.arange(6.0).view(6, 1, 1, 1).expand(6, 1, 2, 2).clone(), one_hot([0, 1, 2, 0, 1, 2], 3))
+
+
+def test_warm_start_sets_the_state_training_leaves():
+    outputs = torch.randn(6, 4, generator=torch.Generator().manual_seed(3))
+    model, train = FixedOutputs(outputs), indexed_set()
+    dsdh = started("dsdh", {})
+    dsdh.warm_start(model, train, context(3))
+    assert torch.allclose(dsdh.state.U, torch.tanh(outputs)) and dsdh.state.have_codes
+    expected = started("dsdh", {})
+    expected.state.U = torch.tanh(outputs)
+    expected.end_epoch(None, None, 0, context(3))
+    assert torch.equal(dsdh.state.B, expected.state.B) and torch.equal(dsdh.state.W, expected.state.W)
+    adsh = started("adsh", {})
+    adsh.warm_start(model, train, context(3))
+    assert torch.equal(adsh.V, torch.where(outputs >= 0, 1.0, -1.0))
+    dpsh = started("dpsh", {"pairs": "memory"})
+    dpsh.warm_start(model, train, context(3))
+    assert torch.allclose(dpsh.bank_outputs, torch.tanh(outputs))
+    # HashNet after fit(epochs=2, batch_size=4) on 6 items: 4 iterations; with scale_step 3 the last update was at 3
+    hashnet = started("hashnet", {"epochs": 2, "batch_size": 4, "scale_step": 3})
+    hashnet.warm_start(model, train, context(3))
+    assert hashnet.iteration == 4 and hashnet.beta == pytest.approx((1 + 0.005 * 3) ** 0.5)
 
 
 # ----------------------------------------------------------------------------------------------------------------

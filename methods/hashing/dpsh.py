@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity
+from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity, training_outputs
 
 
 class DPSH(HashingMethod):
@@ -37,10 +37,17 @@ class DPSH(HashingMethod):
             self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)
             self.bank_labels = train.labels.to(ctx.device)
 
+    def warm_start(self, model, train, ctx):
+        if self.pairs == "memory":
+            self.bank_outputs = torch.tanh(training_outputs(model, train, ctx.device))
+
+    def observe(self, outputs, labels, index):
+        if self.pairs == "memory":
+            self.bank_outputs[index] = torch.tanh(outputs)
+
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels

@@ -14,8 +14,8 @@ It alternates two steps:
   (the last two terms do not depend on the network; they are the reference code's reported loss);
 * discrete step (``end_epoch``), discrete cyclic coordinate descent, ``dcc_iter`` rounds of
       W = (B B^T + nu/mu I)^-1 B Y^T,   then for each bit k:  B_k = sign(P_k - B'^T W' w_k),  P = W Y + eta/mu U,
-  with B (K x N) the codes, U (K x N) a bank of the training outputs filled during the epoch from
-  ``loss`` (the reference form), Y (C x N) the labels, and B', W' without bit k.
+  with B (K x N) the codes, U (K x N) a bank of the training outputs filled during the epoch by
+  ``observe`` (the reference form), Y (C x N) the labels, and B', W' without bit k.
 Both steps live in ``benchmark.DSDHState``, which DSDH-C shares.
 
 Departures: the pairwise term pairs the batch with itself by default (``pairs="batch"``; ``"memory"``
@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import DSDHState, HashingMethod
+from benchmark import DSDHState, HashingMethod, training_outputs
 
 
 class DSDH(HashingMethod):
@@ -53,6 +53,13 @@ class DSDH(HashingMethod):
         if self.pairs not in ("batch", "memory"):
             raise ValueError(f"dsdh.pairs must be 'batch' or 'memory'; got {self.pairs!r}")
         self.state = DSDHState.start(train.labels, bits, ctx.device)  # banks U, Y; codes B; classifier W
+
+    def warm_start(self, model, train, ctx):
+        u = torch.tanh(training_outputs(model, train, ctx.device))
+        self.state.warm_start(u, self.mu, self.nu, self.eta, self.dcc_iter)
+
+    def observe(self, outputs, labels, index):
+        self.state.observe(torch.tanh(outputs), index)
 
     def loss(self, outputs, labels, index):
         return self.state.network_loss(torch.tanh(outputs), labels, index, self.pairs, self.mu, self.nu, self.eta)

@@ -7,7 +7,8 @@ Everything of ``dsdh`` (same network step, same once-per-epoch discrete step; se
     SWD_C(u) = 1/(B K) sum_k sum_r ( sort(u_{:,k})_r - sort(z_{:,k})_r )^2,
 
 the squared 1-D Wasserstein distance, bit by bit, between the batch's relaxed outputs u (B, K) and a fresh
-draw z (B, K) of independent uniform +-1 samples (the target distribution of balanced binary codes).
+draw z (B, K) of independent uniform +-1 samples (the target distribution of balanced binary codes; drawn
+once per batch by ``observe``, so the loss itself draws nothing).
 Both plugins run DSDH's two steps through ``benchmark.DSDHState`` (plugins import only from ``benchmark``,
 whose code is part of the victims' cache key). The departures are DSDH's (see dsdh.py); the +-1 samples come
 from a generator seeded from the TrainContext, so runs are reproducible.
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import DSDHState, HashingMethod
+from benchmark import DSDHState, HashingMethod, training_outputs
 
 
 class DSDHC(HashingMethod):
@@ -44,6 +45,16 @@ class DSDHC(HashingMethod):
         self.state = DSDHState.start(train.labels, bits, ctx.device)  # banks U, Y; codes B; classifier W
         seed = int(torch.randint(2**62, (1,), generator=ctx.generator))
         self.sampler = torch.Generator().manual_seed(seed)  # the +-1 target samples of the quantisation loss
+        self.target = None  # (B, K) the current batch's draw, set by observe
+
+    def warm_start(self, model, train, ctx):
+        u = torch.tanh(training_outputs(model, train, ctx.device))
+        self.state.warm_start(u, self.mu, self.nu, self.eta, self.dcc_iter)
+
+    def observe(self, outputs, labels, index):
+        """Records the batch in DSDH's bank and draws the batch's +-1 target samples."""
+        self.state.observe(torch.tanh(outputs), index)
+        self.target = torch.randint(0, 2, outputs.shape, generator=self.sampler).to(outputs) * 2 - 1  # (B, K)
 
     def loss(self, outputs, labels, index):
         u = torch.tanh(outputs)  # (B, K)
@@ -51,9 +62,12 @@ class DSDHC(HashingMethod):
         return dsdh + self.q_weight * self.sliced_wasserstein(u)
 
     def sliced_wasserstein(self, u):
-        """SWD_C: bit-wise squared 1-D Wasserstein distance to uniform +-1 samples, a mean over (B, K)."""
-        target = torch.randint(0, 2, u.shape, generator=self.sampler).to(u) * 2 - 1  # (B, K) in {-1, +1}
-        return (u.sort(dim=0).values - target.sort(dim=0).values).pow(2).mean()
+        """SWD_C: bit-wise squared 1-D Wasserstein distance to the batch's +-1 samples, a mean over (B, K)."""
+        if self.target is None or self.target.shape != u.shape:
+            drawn = None if self.target is None else tuple(self.target.shape)
+            raise ValueError(f"dsdh_c.loss got outputs of shape {tuple(u.shape)}, but observe drew the +-1 "
+                             f"samples for shape {drawn}: call observe on the batch first")
+        return (u.sort(dim=0).values - self.target.sort(dim=0).values).pow(2).mean()
 
     def end_epoch(self, model, train, epoch, ctx):
         self.state.discrete_step(self.mu, self.nu, self.eta, self.dcc_iter)

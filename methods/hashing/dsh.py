@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import HashingMethod, pairwise_similarity
+from benchmark import HashingMethod, pairwise_similarity, training_outputs
 
 
 class DSH(HashingMethod):
@@ -39,10 +39,17 @@ class DSH(HashingMethod):
             self.bank_outputs = torch.zeros(len(train), bits, device=ctx.device)  # (N, K)
             self.bank_labels = train.labels.to(ctx.device)                         # (N, C)
 
+    def warm_start(self, model, train, ctx):
+        if self.pairs == "memory":
+            self.bank_outputs = training_outputs(model, train, ctx.device)
+
+    def observe(self, outputs, labels, index):
+        if self.pairs == "memory":
+            self.bank_outputs[index] = outputs
+
     def loss(self, outputs, labels, index):
         u = outputs  # (B, K), raw outputs as in the paper
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels

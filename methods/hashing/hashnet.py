@@ -18,9 +18,11 @@ pretrained AlexNet (RMSprop 1e-5 in DeepHash-pytorch, SGD 0.01 in TAD).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity
+from benchmark import HashingMethod, logistic_pair_loss, pairwise_similarity, training_outputs
 
 
 class HashNet(HashingMethod):
@@ -48,13 +50,25 @@ class HashNet(HashingMethod):
         self.iteration = 0
         self.beta = 1.0
 
-    def loss(self, outputs, labels, index):
+    def warm_start(self, model, train, ctx):
+        """Continuation where ``fit`` ended: its iteration count, the beta of its last schedule point."""
+        self.iteration = self.epochs * math.ceil(len(train) / self.batch_size)
+        last_update = (self.iteration - 1) // self.scale_step * self.scale_step
+        self.beta = (1 + self.gamma * last_update) ** self.power
+        if self.pairs == "memory":
+            self.bank_outputs = torch.tanh(self.beta * training_outputs(model, train, ctx.device))
+
+    def observe(self, outputs, labels, index):
+        """One training iteration: the continuation schedule moves, the bank records the batch."""
         if self.iteration % self.scale_step == 0:
             self.beta = (1 + self.gamma * self.iteration) ** self.power
         self.iteration += 1
+        if self.pairs == "memory":
+            self.bank_outputs[index] = torch.tanh(self.beta * outputs)
+
+    def loss(self, outputs, labels, index):
         u = torch.tanh(self.beta * outputs)  # (B, K)
         if self.pairs == "memory":
-            self.bank_outputs[index] = u.detach()
             others, other_labels = self.bank_outputs, self.bank_labels
         else:
             others, other_labels = u, labels
