@@ -65,6 +65,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                              "other jobs share the cores, as oversubscribed threads slow everything several-fold")
     parser.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    parser.add_argument("--executor", default="local", choices=["local", "ray"],
+                        help="local: one cell after another in this process (default); ray: the cells as Ray tasks, "
+                             "grouped by victim (cache and results folders must be shared by every machine)")
+    parser.add_argument("--address", default=None, metavar="HOST:PORT",
+                        help="with --executor ray: an existing cluster's head (default: start a local one)")
     parser.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard after a run")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser.parse_args(argv)
@@ -162,8 +167,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(cells)} cells")
         return 0
     print(f"grid {args.grid!r}: {len(cells)} cells on {runner.environment['device']}", file=sys.stderr)
+    if args.address and args.executor != "ray":
+        print("bench.py: --address needs --executor ray", file=sys.stderr)
+        return 2
     try:
-        counts = runner.run(cells)
+        if args.executor == "ray":
+            from benchmark.ray_executor import run_on_ray
+
+            counts = run_on_ray(runner, cells, args.address, args.threads)
+        else:
+            counts = runner.run(cells)
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130

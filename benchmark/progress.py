@@ -39,10 +39,10 @@ class Progress:
             self.stream.write(text + "\n")
         self.stream.flush()
 
-    def cell_started(self, cell) -> None:
+    def cell_started(self, cell, where: str = "") -> None:
         self.current = cell.describe()
         self.cell_started_at = time.perf_counter()
-        self.write(f"{self.header()} {self.current}")
+        self.write(f"{self.header()} {self.current}" + (f" (on {where})" if where else ""))
 
     def stage(self, message: str) -> None:
         now = time.perf_counter()

@@ -101,6 +101,7 @@ class Runner:
         self.conventions = conventions or EvaluationConventions(backend=backend)
         self.force = force
         self.environment = environment(self.device)
+        self.attack_batch = attack_batch  # as asked (0: the device's default), for workers on other devices
         self.planner = Planner(registry, data_root, self.conventions)
         self.workspace = Workspace(registry, self.cache_dir, self.device, data_root, attack_batch)
 
@@ -155,21 +156,38 @@ class Runner:
         return counts
 
     def compute(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
-        """Compute one claimed cell and store its rows (an error row if it failed, never over a good result)."""
         progress.cell_started(plan.cell)
-        started = time.perf_counter()
-        try:
-            rows = run_cell(plan, self.workspace)
-            status = "ok"
-        except KeyboardInterrupt:
-            raise
-        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() ends its cell, not the run
-            log.debug("cell %s failed", plan.cell.describe(), exc_info=True)
-            rows, status = error_rows(plan, self.workspace, exc), "error"
-        rows = finish_rows(rows, self.environment, time.perf_counter() - started)
-        counts["ran" if status == "ok" else "error"] += 1
-        if status != "ok" and cell_done(self.results_dir, plan.key):
-            progress.cell_finished(plan.cell, status, rows[0]["error"] + " (the earlier good result is kept)")
-            return
-        save_rows(self.results_dir, plan.key, rows)
-        progress.cell_finished(plan.cell, status, rows[0].get("error", ""), rows[0].get("flags", ""))
+        outcome = compute_cell(plan, self.workspace, self.results_dir, self.environment)
+        counts["ran" if outcome.status == "ok" else "error"] += 1
+        progress.cell_finished(plan.cell, outcome.status, outcome.error, outcome.flags)
+
+
+@dataclasses.dataclass
+class CellOutcome:
+    status: str        # "ok" or "error"
+    error: str = ""
+    flags: str = ""
+    seconds: float = 0.0
+
+
+def compute_cell(plan: CellPlan, ws: Workspace, results_dir: Path, env: dict) -> CellOutcome:
+    """Compute one claimed cell and store its rows: an error row if it failed, but never over a good result.
+
+    The local loop and the Ray tasks both call this.
+    """
+    started = time.perf_counter()
+    try:
+        rows, status = run_cell(plan, ws), "ok"
+    except KeyboardInterrupt:
+        raise
+    except (Exception, SystemExit) as exc:  # a plugin's sys.exit() ends its cell, not the run
+        log.debug("cell %s failed", plan.cell.describe(), exc_info=True)
+        rows, status = error_rows(plan, ws, exc), "error"
+    seconds = time.perf_counter() - started
+    rows = finish_rows(rows, env, seconds)
+    outcome = CellOutcome(status, rows[0].get("error", ""), rows[0].get("flags", ""), seconds)
+    if status != "ok" and cell_done(results_dir, plan.key):
+        outcome.error += " (the earlier good result is kept)"
+        return outcome
+    save_rows(results_dir, plan.key, rows)
+    return outcome

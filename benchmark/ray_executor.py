@@ -1,0 +1,200 @@
+"""Fans a grid out on a Ray cluster: ``python bench.py --executor ray [--address HOST:PORT]``.
+
+The driver plans every cell (``benchmark.plan``), skips those the result store already holds, and groups the
+rest by the victim whose weights they need: each group is one Ray task, so a victim is trained once and its
+cells run where its weights are loaded. A task runs ``benchmark.runner.compute_cell`` - the very function
+the local loop runs - on each of its cells, reading and writing the cache and results folders that every
+machine must see at the same path (content keys, atomic writes, claims: two tasks or two runs never compute
+the same stage at once). The driver shows one progress view for the whole grid, fed by a small actor the
+tasks report to. Ctrl-C cancels the tasks (finished cells are already stored); a task whose worker dies is
+retried, and redoes only the cell that was in flight.
+
+Without ``--address`` a local Ray instance is started (and stopped) for the run; with it, the driver joins
+an existing cluster (``ray start --head`` on one machine, ``ray start --address HEAD:6379`` on the others,
+each in this project's environment and checkout). One GPU per task where the cluster has GPUs, else
+``--threads`` CPU threads (default 1) per task.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.plan import CellPlan
+from benchmark.progress import Progress
+from benchmark.store import cell_done
+
+log = logging.getLogger("hashbench")
+RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again up to this many times
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """What a task needs besides its plans (plain data, shipped with it)."""
+
+    root: str
+    results_dir: str
+    cache_dir: str
+    device: str
+    data_root: str | None
+    attack_batch: int
+    threads: int
+    force: bool
+
+
+class ProgressBoard:
+    """The tasks' reports, collected for the driver (a Ray actor)."""
+
+    def __init__(self):
+        self.events: list[tuple] = []
+
+    def report(self, *event) -> None:
+        self.events.append(event)
+
+    def drain(self) -> list[tuple]:
+        events, self.events = self.events, []
+        return events
+
+
+def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]:
+    """One task: the cells of one victim, each computed unless stored already; returns their keys."""
+    import torch
+
+    from benchmark.claims import claim
+    from benchmark.environment import environment
+    from benchmark.plugins import Registry
+    from benchmark.runner import compute_cell, pick_device
+    from benchmark.victims import Workspace
+
+    torch.set_num_threads(max(1, settings.threads))
+    device = pick_device(settings.device)
+    registry = Registry.discover(Path(settings.root))
+    last_stage = [0.0]
+
+    def stage(message: str) -> None:
+        if time.monotonic() - last_stage[0] > 2:  # at most one stage report every 2 s per task
+            last_stage[0] = time.monotonic()
+            board.report.remote("stage", current[0], message)
+
+    current = [""]
+    ws = Workspace(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage)
+    env = environment(device)
+    results = Path(settings.results_dir)
+    for plan in plans:
+        current[0] = plan.key
+        with claim(settings.cache_dir, "cells", plan.key):
+            if not settings.force and cell_done(results, plan.key):
+                board.report.remote("cached", plan.key)
+                continue
+            board.report.remote("started", plan.key, f"{os.uname().nodename}:{os.getpid()}")
+            outcome = compute_cell(plan, ws, results, env)
+            board.report.remote("finished", plan.key, outcome.status, outcome.error, outcome.flags)
+    return [plan.key for plan in plans]
+
+
+def group_by_victim(plans: list[CellPlan]) -> list[list[CellPlan]]:
+    groups: dict[tuple, list[CellPlan]] = defaultdict(list)
+    for plan in plans:
+        groups[plan.victim.key, plan.attacker.key].append(plan)
+    return list(groups.values())
+
+
+def run_on_ray(runner, cells, address: str | None = None, threads: int = 0) -> dict[str, int]:
+    """Run ``cells`` as Ray tasks; the same counts as ``Runner.run``."""
+    import ray
+
+    runner.prepare_folders()
+    progress = Progress(len(cells))
+    counts = {"ran": 0, "cached": 0, "error": 0}
+    todo = []
+    for cell in cells:
+        try:
+            plan = runner.plan(cell)
+        except Exception as exc:
+            progress.cell_failed(cell, exc)
+            counts["error"] += 1
+            continue
+        if not runner.force and cell_done(runner.results_dir, plan.key):
+            progress.cell_cached(cell)
+            counts["cached"] += 1
+        else:
+            todo.append(plan)
+    started_here = not ray.is_initialized()
+    if started_here:
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        options = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
+                       configure_logging=False)
+        ray.init(address=address, **options) if address else ray.init(**options)
+    try:
+        counts_from_tasks = _run(ray, runner, todo, progress, threads)
+    finally:
+        if started_here:
+            ray.shutdown()
+    for key in counts:
+        counts[key] += counts_from_tasks[key]
+    progress.summary(counts, runner.results_dir)
+    return counts
+
+
+def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int) -> dict[str, int]:
+    counts = {"ran": 0, "cached": 0, "error": 0}
+    if not todo:
+        return counts
+    gpus = ray.cluster_resources().get("GPU", 0)
+    resources = {"num_gpus": 1} if gpus else {"num_cpus": max(1, threads)}
+    settings = TaskSettings(str(Path(__file__).resolve().parent.parent), str(runner.results_dir.resolve()),
+                            str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.workspace.data_root,
+                            runner.attack_batch,
+                            max(1, threads), runner.force)
+    board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
+    task = ray.remote(run_group).options(max_retries=RETRIES, retry_exceptions=False, **resources)
+    by_key = {plan.key: plan for plan in todo}
+    pending = {task.remote(group, settings, board): group for group in group_by_victim(todo)}
+    finished: set[str] = set()
+    try:
+        while pending:
+            ready, _ = ray.wait(list(pending), timeout=1.0)
+            _show(ray.get(board.drain.remote()), by_key, progress, counts, finished)
+            for ref in ready:
+                group = pending.pop(ref)
+                try:
+                    ray.get(ref)
+                except Exception as exc:  # the task failed for good (its retries spent): its open cells failed
+                    for plan in group:
+                        if plan.key not in finished:
+                            progress.cell_failed(plan.cell, exc)
+                            counts["error"] += 1
+                            finished.add(plan.key)
+        _show(ray.get(board.drain.remote()), by_key, progress, counts, finished)
+    except KeyboardInterrupt:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        raise
+    return counts
+
+
+def _show(events: list[tuple], by_key: dict, progress: Progress, counts: dict, finished: set) -> None:
+    for kind, key, *rest in events:
+        plan = by_key.get(key)
+        if plan is None:
+            continue
+        if kind == "started":
+            progress.cell_started(plan.cell, where=rest[0])
+        elif kind == "stage":
+            progress.current = plan.cell.describe()
+            progress.stage(rest[0])
+        elif kind == "cached" and key not in finished:
+            progress.cell_cached(plan.cell)
+            counts["cached"] += 1
+            finished.add(key)
+        elif kind == "finished":
+            status, error, flags = rest
+            if key in finished:  # reported twice: a retried task found it half done; count it once
+                continue
+            progress.cell_finished(plan.cell, status, error, flags)
+            counts["ran" if status == "ok" else "error"] += 1
+            finished.add(key)
