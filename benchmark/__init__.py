@@ -11,6 +11,7 @@ from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Spli
 from benchmark.defense import Defense
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity)
+from benchmark.layers import gaussian_kernel, reverse_gradient, smmd
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize, build_victim
 from benchmark.plugins import OneOf, Plugin, Range, Registry
@@ -28,5 +29,5 @@ __all__ = [
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
-    "HARNESS_VERSION", "base_classes",
+    "gaussian_kernel", "reverse_gradient", "smmd", "HARNESS_VERSION", "base_classes",
 ]
