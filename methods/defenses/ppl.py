@@ -19,10 +19,10 @@ path only, so G receives grad J_o - lambda grad J_p and F receives grad J_o + gr
 
 Readings of the extracted text, where it is garbled or silent:
 * Eq. 4 and 9 read "h(z_i)^T h(z_i)" and "h(x_i)^T h(z_i)" beside S_ij; we use the pairs (i, j).
-* Sums or means: the equations sum over the n^2 pairs and n items of a batch, which would leave D_s (a
-  normalised statistic) and J_e five and three orders of magnitude below beta J_s at batch 512, so that
-  alpha and gamma could not matter. We average (``loss_reduction = "mean"``: J_o, J_s per pair, J_e per
-  item); "sum" follows the letter of the equations.
+* Sums or means: the equations sum over a batch's n^2 pairs (J_o, J_s) and n items (J_e), while D_s is
+  one normalised number (at most 4). Summed at batch 512, beta J_s has 262,144 terms against 512 for J_e
+  and one for D_s, so alpha and gamma could not matter. We average (``loss_reduction = "mean"``: J_o and
+  J_s per pair, J_e per item); "sum" follows the letter of the equations.
 * The kernel k of SMMD is not named: a mean of five Gaussian kernels exp(-d^2 / s), s = 2c * 2^m for
   m = -2..2 (CDD's five bandwidths, a factor 2 apart, of which PPL's SMMD is a variant), centred on 2c,
   the mean squared distance between two random codes of c bits, so the kernel does not depend on the batch.
@@ -30,8 +30,8 @@ Readings of the extracted text, where it is garbled or silent:
   14 have F minimise J_o + J_p. We follow the equations, and count ``iterations`` = t = 1000 mini-batch
   updates for FashionMNIST (t * floor(t/m) at t = 1000, m = 512 is also 1000). If e was meant as the
   batches per epoch, t counted epochs: set ``iterations`` to 20 times as many.
-* Algorithm 1 says SGD; plain SGD at the stated learning rates barely moves in 1000 steps from scratch,
-  so the default is Adam at those rates (``optimizer = "sgd"`` for the letter).
+* Algorithm 1 says "SGD" without settings; the default is Adam at the stated learning rates (our choice,
+  not compared with SGD here; ``optimizer = "sgd"`` for the letter, without momentum).
 * The generator: "an auto-encoder like structure, where the encoder/decoder consists of 4 convolution
   layers" of 16, 32, 64, 128 channels on FashionMNIST (64 to 512 on CIFAR-10/ImageNet: ``width``).
   Kernels, strides and normalisation are not given: 3x3 and 4x4 convolutions, the middle two with
