@@ -171,3 +171,8 @@ def test_prepare_protection_is_seeded_and_its_state_dict_round_trips(ppl_class, 
     assert torch.equal(restored.protect(x), ppl.protect(x))
     assert torch.equal(restored.surrogate.codes(x), ppl.surrogate.codes(x))
     assert not torch.equal(ppl.protect(x), x)
+
+
+def test_protect_before_training_names_what_to_call(ppl_class):
+    with pytest.raises(RuntimeError, match="prepare_protection"):
+        ppl_class.configure({}).protect(torch.rand(1, 1, 28, 28))

@@ -18,6 +18,7 @@ J = J_o + J_p (Eq. 14) does both: a gradient reversal layer (Eq. 13) sits betwee
 path only, so G receives grad J_o - lambda grad J_p and F receives grad J_o + grad J_p.
 
 Readings of the extracted text, where it is garbled or silent:
+* Eq. 2 allows an L1, L2 or L-inf bound; the experiments use L-inf, the only one implemented.
 * Eq. 4 and 9 read "h(z_i)^T h(z_i)" and "h(x_i)^T h(z_i)" beside S_ij; we use the pairs (i, j).
 * Sums or means: the equations sum over a batch's n^2 pairs (J_o, J_s) and n items (J_e), while D_s is
   one normalised number (at most 4). Summed at batch 512, beta J_s has 262,144 terms against 512 for J_e
@@ -178,8 +179,13 @@ class PPL(Defense):
         generator.eval()
         surrogate.eval()
 
+    def _check_prepared(self) -> None:
+        if not hasattr(self, "generator"):
+            raise RuntimeError("ppl has no generator yet: call prepare_protection(train, ctx) or load_state_dict()")
+
     @torch.no_grad()
     def protect(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_prepared()
         generator = self.generator.to(x.device).eval()
         return generator.release(x)
 
@@ -190,6 +196,7 @@ class PPL(Defense):
         return mask
 
     def state_dict(self) -> dict:
+        self._check_prepared()
         cpu = lambda module: {k: v.detach().cpu() for k, v in module.state_dict().items()}  # noqa: E731
         return {"image_shape": self.image_shape, "mean": self.mean, "std": self.std,
                 "generator": cpu(self.generator), "surrogate": cpu(self.surrogate)}
