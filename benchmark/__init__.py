@@ -14,6 +14,7 @@ from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Spli
 from benchmark.defense import Defense, lr_milestones
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity, training_outputs)
+from benchmark.layers import gaussian_kernel, reverse_gradient, smmd
 from benchmark.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.model import HashModel, binarize, build_victim
 from benchmark.plugins import OneOf, Plugin, Range, Registry
@@ -38,5 +39,5 @@ __all__ = [
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "training_outputs", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
     "PROTOTYPE_OBJECTIVES", "PrototypeNet", "circle_prototype_loss", "prosgan_prototype_loss", "prototype_loss",
     "prototype_optimizer", "prototype_step", "sample_target_labels", "seeded_torch", "train_prototype_net",
-    "HARNESS_VERSION", "base_classes",
+    "gaussian_kernel", "reverse_gradient", "smmd", "HARNESS_VERSION", "base_classes",
 ]

@@ -69,17 +69,28 @@ def binarize(values: torch.Tensor) -> torch.Tensor:
 
 
 class SmallCNN(nn.Module):
-    """PPL's FashionMNIST network: conv 20 and 50 channels (5x5, ReLU, max-pool), then fc 500, ReLU."""
+    """PPL's FashionMNIST network below its hash head: two convolutions of 20 and 50 channels, ReLU.
 
-    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 500):
+    PPL (AAAI 2021), Implementation Details: "2 convolution layers with respective 20 and 50 channels, on
+    the top of which is a fc layer with c hidden units"; ReLU everywhere but the last layer's tanh. That fc
+    is ``HashModel.hash_layer`` (c = the code length) and the tanh is ``HashModel.forward``, so the paper's
+    network is these features with ``hidden=0``. Kernel 5x5 and 2x2 max-pooling are not stated: they are
+    Caffe's LeNet, whose two convolutions have the same 20 and 50 channels. ``hidden=500`` adds LeNet's
+    500-unit fc layer (ReLU) below the hash head: the ``smallcnn_fc500`` backbone, not the paper's.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, hidden: int = 0):
         super().__init__()
-        self.conv = nn.Sequential(
-            nn.Conv2d(in_channels, 20, 5), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),
-        )
         side = ((image_size - 4) // 2 - 4) // 2
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(50 * side * side, hidden), nn.ReLU())
-        self.out_dim = hidden
+        if side < 1:
+            raise ValueError(f"the small network needs images of side >= 12, got {image_size}")
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, 20, 5), nn.ReLU(), nn.MaxPool2d(2),   # (B, 20, (S-4)/2, (S-4)/2)
+            nn.Conv2d(20, 50, 5), nn.ReLU(), nn.MaxPool2d(2),            # (B, 50, side, side)
+            nn.Flatten(),                                                # (B, 50 * side * side)
+        )
+        self.fc = nn.Sequential(nn.Linear(50 * side * side, hidden), nn.ReLU()) if hidden else nn.Identity()
+        self.out_dim = hidden or 50 * side * side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.conv(x))
@@ -95,7 +106,10 @@ class BackboneSpec:
 
 
 BACKBONES = {
-    "smallcnn": BackboneSpec("smallcnn", "PPL (AAAI 2021) FashionMNIST net: 2 conv (20, 50) + fc", None, 0, 500),
+    "smallcnn": BackboneSpec("smallcnn", "PPL (AAAI 2021) FashionMNIST net: 2 conv (20, 50) + fc c (the hash head)",
+                             None, 0, 800),
+    "smallcnn_fc500": BackboneSpec("smallcnn_fc500", "LeNet-like: PPL's 2 conv (20, 50) + fc 500, ReLU + hash head",
+                                   None, 0, 500),
     "alexnet": BackboneSpec("alexnet", "Krizhevsky et al., NeurIPS 2012 (torchvision)", 224, 3, 4096),
     "vgg11": BackboneSpec("vgg11", "Simonyan & Zisserman, ICLR 2015 (torchvision)", 224, 3, 4096),
     "vgg16": BackboneSpec("vgg16", "Simonyan & Zisserman, ICLR 2015 (torchvision)", 224, 3, 4096),
@@ -103,6 +117,7 @@ BACKBONES = {
     "resnet18": BackboneSpec("resnet18", "He et al., CVPR 2016 (torchvision)", 224, 3, 512),
     "resnet50": BackboneSpec("resnet50", "He et al., CVPR 2016 (torchvision)", 224, 3, 2048),
 }
+SMALL_NETWORK_HIDDEN = {"smallcnn": 0, "smallcnn_fc500": 500}  # trained from scratch, at the images' own size
 SCRATCH_SUFFIX = ":scratch"
 
 
@@ -114,7 +129,7 @@ def parse_backbone(backbone: str) -> tuple[str, bool]:
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; known: {', '.join(BACKBONES)} "
                          f"(append {SCRATCH_SUFFIX!r} to a torchvision one to train it from random weights)")
-    return name, pretrained and name != "smallcnn"
+    return name, pretrained and name not in SMALL_NETWORK_HIDDEN
 
 
 def _torchvision_features(name: str, pretrained: bool) -> nn.Module:
@@ -151,8 +166,8 @@ def build_victim(backbone: str, bits: int, in_channels: int, image_size: int,
     """
     name, pretrained = parse_backbone(backbone)
     spec = BACKBONES[name]
-    if name == "smallcnn":
-        features = SmallCNN(in_channels, image_size)
+    if name in SMALL_NETWORK_HIDDEN:
+        features = SmallCNN(in_channels, image_size, SMALL_NETWORK_HIDDEN[name])
         mean = mean or (0.5,) * in_channels
         std = std or (0.5,) * in_channels
         return HashModel(features, features.out_dim, bits, mean, std, in_channels, None, backbone)

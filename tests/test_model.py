@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.model import BACKBONES, PretrainedWeightsUnavailable, binarize, build_victim, parse_backbone
+from benchmark.model import (BACKBONES, SMALL_NETWORK_HIDDEN, PretrainedWeightsUnavailable, binarize, build_victim,
+                             parse_backbone)
 
 
 def test_small_network_is_ppls_two_conv_net():
@@ -29,7 +30,7 @@ def test_binarize_maps_zero_to_plus_one():
     assert torch.equal(binarize(torch.tensor([-0.2, 0.0, 3.0])), torch.tensor([-1.0, 1.0, 1.0]))
 
 
-@pytest.mark.parametrize("name", [n for n in BACKBONES if n != "smallcnn"])
+@pytest.mark.parametrize("name", [n for n in BACKBONES if n not in SMALL_NETWORK_HIDDEN])
 def test_torchvision_backbones_take_small_grey_images(name):
     model = build_victim(f"{name}:scratch", 16, in_channels=1, image_size=28).eval()
     assert model.input_size == 224 and model.in_channels == 3
