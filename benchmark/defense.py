@@ -39,6 +39,9 @@ class Defense(Plugin):
     # True: ``fit`` receives the model already trained by the method without defense (same method, backbone,
     # bits, seed; taken from the cache), as adversarial fine-tuning does (CgAT: 30 epochs from the victim)
     starts_from_victim: typing.ClassVar[bool] = False
+    # a protection's parameters that only change what is released (not what is learned): changing them
+    # reuses the trained generator and the victims trained on protected data
+    release_parameters: typing.ClassVar[tuple[str, ...]] = ()
 
     def fit(self, method: HashingMethod, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
         """Train ``model`` in place (with ``starts_from_victim``: go on training the trained victim)."""

@@ -163,12 +163,15 @@ class Planner:
         return self._datasets[choice.params_json + choice.name]
 
     def protection(self, cell: Cell) -> ProtectionPlan | None:
+        """The protection's plan; its key leaves out the parameters that only change the release."""
         defense = self.choice("defenses", cell.defense, cell)
-        if not self.registry.get("defenses", cell.defense).protects:
+        plugin = self.registry.get("defenses", cell.defense)
+        if not plugin.protects:
             return None
         dataset, identity = self.dataset(cell)
+        learned = {k: v for k, v in defense.params.items() if k not in plugin.release_parameters}
         key = content_key(stage="protection", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
-                          dataset=identity, defense=defense.identity(), seed=cell.seed)
+                          dataset=identity, defense=[defense.name, learned, defense.source_hash], seed=cell.seed)
         return ProtectionPlan(key, dataset, defense, cell.seed)
 
     def victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
@@ -214,7 +217,8 @@ class Planner:
                           code=code_hash(ATTACK_CODE + TARGET_CODE + EVALUATION_CODE),
                           victim=victim.key, surrogate=surrogate.key if surrogate else "self",
                           attack=attack.identity(), epsilon=cell.epsilon, scenario=cell.scenario,
-                          protection=protection.key if protection and cell.scenario != "c2c" else None,
+                          protection=([protection.key, protection.defense.params]
+                                      if protection and cell.scenario != "c2c" else None),
                           target_rule=cell.target_rule, conventions=self.conventions.as_dict())
         return CellPlan(cell, key, victim, surrogate, attack, protection, self.conventions, identity,
                         self.sources(victim, surrogate, attack, protection))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -29,6 +30,9 @@ from benchmark.store import cell_done
 
 log = logging.getLogger("hashbench")
 RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again up to this many times
+# Ray rewrites 127.0.0.1 to the machine's network address (so that other machines could join); an instance
+# started for one run uses another loopback address instead, so that none of its traffic leaves the machine.
+LOCAL_NODE_IP = "127.0.0.2"
 
 
 @dataclass(frozen=True)
@@ -128,7 +132,13 @@ def run_on_ray(runner, cells, address: str | None = None, threads: int = 0) -> d
         env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         options = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                        configure_logging=False)
-        ray.init(address=address, **options) if address else ray.init(**options)
+        if address:
+            host = address.rsplit(":", 1)[0]
+            local = {"_node_ip_address": host} if host.startswith("127.") else {}  # a cluster on this machine
+            ray.init(address=address, **local, **options)
+        else:
+            local = {"_node_ip_address": LOCAL_NODE_IP} if sys.platform.startswith("linux") else {}
+            ray.init(num_cpus=os.cpu_count(), object_store_memory=10 ** 9, **local, **options)
     try:
         counts_from_tasks = _run(ray, runner, todo, progress, threads)
     finally:

@@ -7,7 +7,7 @@ keeps the last victims in memory, and computes a stage only when its cache entry
     .cache/victims/<key>.pt       trained weights and training info
     .cache/codes/<key>.pt         database and query codes, and the victim's diagnostics (benchmark.flags)
     .cache/protections/<key>.pt   a protection's learned state (PPL's generator)
-    .cache/codes/<victim>-<protection>.pt   codes of the protected database and queries
+    .cache/codes/<key>.pt         codes of the protected database and queries (victim, protection, release)
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 
 from benchmark import flags
-from benchmark.cache import StageCache
+from benchmark.cache import StageCache, content_key
 from benchmark.claims import claim
 from benchmark.data import ImageSet, Splits
 from benchmark.hashing import TrainContext, TrainingDiverged
@@ -216,7 +216,7 @@ class Workspace:
         torch.manual_seed(plan.seed)
         ctx = self.train_context(plan.seed, plan.label())
         ctx.num_classes = splits.num_classes
-        self.stage(f"training {plan.label()} ({method.label()}, defense {defense.label()})")
+        log.info("training %s (%s, defense %s)", plan.label(), method.label(), defense.label())
         model.train()
         started = time.perf_counter()
         defense.fit(method, model, train, ctx)
@@ -239,7 +239,7 @@ class Workspace:
 
     def protected_codes(self, victim: Victim, protection: ProtectionPlan, seed: int) -> dict:
         """Codes of the protected database (the protection's released share) and of the protected queries."""
-        key = f"{victim.key}-{protection.key}"
+        key = content_key(victim=victim.key, protection=protection.key, release=protection.defense.params, seed=seed)
         codes = self.cache.load("codes", key)
         if codes is None:
             splits = self.splits(protection.dataset)

@@ -47,6 +47,7 @@ Readings of the extracted text, where it is garbled or silent:
 from __future__ import annotations
 
 import itertools
+import typing
 from typing import Annotated
 
 import torch
@@ -108,6 +109,8 @@ class PPL(Defense):
     name = "ppl"
     paper = "Zhang, Huang, Xu. Proactive Privacy-preserving Learning for Retrieval. AAAI 2021"
     protects = True
+
+    release_parameters: typing.ClassVar[tuple[str, ...]] = ("database_share",)
 
     epsilon: Annotated[float, Range(0, 1)] = 0.3             # L-inf; FashionMNIST (CIFAR-10 0.1, ImageNet 0.032)
     database_share: Annotated[float, Range(0, 1)] = 1.0     # share of the database released protected
