@@ -36,14 +36,17 @@ def run_cell(plan: CellPlan, ws: Workspace) -> list[dict]:
     splits = ws.splits(plan.victim.dataset, plan.data_identity["split"])
     victim = ws.victim(plan.victim)
     targets = target_labels(plan, ws)
-    database_codes = victim.database_codes
-    if plan.protection is not None:
-        outcome, database_codes, changed = release(plan, ws, victim)
-        attack = None
-        prepare_seconds = 0.0
-    else:
-        attack, outcome, prepare_seconds = attack_cell(plan, ws, victim, targets)
-        changed = float((outcome.codes[outcome.final_iterations] != victim.query_codes.cpu()).any(1).float().mean())
+    attack = None if plan.protection is not None else plan.attack.configure(ws.registry)
+    stored = ws.cache.load("attacks", plan.attack_key)
+    if stored is None:  # the attack stage is cached apart, so a change to scoring alone re-scores, never re-attacks
+        if plan.protection is not None:
+            outcome, prepare_seconds = release(plan, ws, victim), 0.0
+        else:
+            outcome, prepare_seconds = attack_cell(plan, ws, victim, targets)
+        stored = {"outcome": outcome, "prepare_seconds": prepare_seconds}
+        ws.cache.save("attacks", plan.attack_key, stored)
+    outcome, prepare_seconds = stored["outcome"], stored["prepare_seconds"]
+    database_codes, changed = released_database(plan, ws, victim, outcome)
     ws.stage("searching the database and scoring")
     cutoffs = (splits.topk, *EXTRA_CUTOFFS)
     database_labels = splits.database.labels.to(ws.device)
@@ -122,7 +125,10 @@ def target_labels(plan: CellPlan, ws: Workspace) -> torch.Tensor:
 
 
 def attack_cell(plan: CellPlan, ws: Workspace, victim: Victim, targets: torch.Tensor):
-    """Prepare the attack on the surrogate, perturb every query; the models must come out unchanged."""
+    """Prepare the attack on the surrogate, perturb every query; the models must come out unchanged.
+
+    Returns the outcome and the seconds ``prepare`` took (when it ran; cached learned state is reused).
+    """
     cell = plan.cell
     splits = ws.splits(plan.victim.dataset)
     surrogate = ws.victim(plan.surrogate) if plan.surrogate else victim
@@ -147,18 +153,29 @@ def attack_cell(plan: CellPlan, ws: Workspace, victim: Victim, targets: torch.Te
     if [model_checksum(m.model) for m in (victim, surrogate)] != checksums:
         raise RuntimeError(f"attack {attack.name} changed the weights of the model it attacked; an attack must not "
                            f"modify the victim or surrogate (work on a copy)")
-    return attack, outcome, prepare_seconds
+    return outcome, prepare_seconds
+
+
+def released_database(plan: CellPlan, ws: Workspace, victim: Victim, outcome: AttackOutcome) -> tuple[torch.Tensor, float]:
+    """The database codes the cell searches (protected by a protection's c2a/a2a scenario), and the share of
+    codes (queries or database items, whichever the cell perturbs) that differ from the clean ones."""
+    final = outcome.codes[outcome.final_iterations]
+    changed = [float((final != victim.query_codes.cpu()).any(1).float().mean())]
+    if plan.protection is None or plan.cell.scenario[2] != "a":
+        return victim.database_codes, changed[0]
+    database = ws.protected_codes(victim, plan.protection, plan.cell.seed)["database"]
+    changed.append(float((database != victim.database_codes.cpu()).any(1).float().mean()))
+    return database, max(changed)
 
 
 @torch.no_grad()
-def release(plan: CellPlan, ws: Workspace, victim: Victim) -> tuple[AttackOutcome, torch.Tensor, float]:
-    """A protection cell: codes of the queries and the database as its scenario releases them."""
+def release(plan: CellPlan, ws: Workspace, victim: Victim) -> AttackOutcome:
+    """A protection cell's queries as its scenario releases them (clean, or protected: c2c/c2a vs a2c/a2a)."""
     cell = plan.cell
     splits = ws.splits(plan.victim.dataset)
-    protected_queries, protected_database = cell.scenario[0] == "a", cell.scenario[2] == "a"
-    codes = ws.protected_codes(victim, plan.protection, cell.seed) if (protected_queries or protected_database) else {}
+    protected_queries = cell.scenario[0] == "a"
+    codes = ws.protected_codes(victim, plan.protection, cell.seed) if protected_queries else {}
     query_codes = codes["query"] if protected_queries else victim.query_codes.cpu()
-    database_codes = codes["database"] if protected_database else victim.database_codes.cpu()
     statistics, seconds, kept = PerturbationStatistics(), 0.0, Kept(gallery_queries(len(splits.query), cell.seed))
     released = ws.protected(splits.query, plan.protection) if protected_queries else splits.query
     for x, _, index in splits.query.batches(ws.attack_batch):
@@ -169,11 +186,7 @@ def release(plan: CellPlan, ws: Workspace, victim: Victim) -> tuple[AttackOutcom
         seconds += time.perf_counter() - started
         statistics.add(x, x_released, 0)
         kept.add(index, x, x_released)
-    changed = [float((query_codes != victim.query_codes.cpu()).any(1).float().mean())] if protected_queries else []
-    if protected_database:
-        changed.append(float((database_codes != victim.database_codes.cpu()).any(1).float().mean()))
-    outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
-    return outcome, database_codes, max(changed, default=0.0)
+    return AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
 
 
 def base_row(plan: CellPlan, ws: Workspace, victim: Victim | None, attack, cell_flags: str = "") -> dict:

@@ -103,7 +103,8 @@ class VictimPlan:
 @dataclass(frozen=True)
 class CellPlan:
     cell: Cell
-    key: str
+    key: str                           # the scored cell: the attack stage's key, evaluation code, conventions
+    attack_key: str                    # the attack stage: adversarial codes, perturbation, timing (cached)
     victim: VictimPlan
     surrogate: VictimPlan | None       # None: the victim itself (white box)
     attack: PluginChoice
@@ -213,14 +214,15 @@ class Planner:
         surrogate = self.surrogate(cell)
         attack = self.choice("attacks", cell.attack, cell)
         protection = self.protection(cell)
-        key = content_key(stage="cell", harness=HARNESS_VERSION,
-                          code=code_hash(ATTACK_CODE + TARGET_CODE + EVALUATION_CODE),
-                          victim=victim.key, surrogate=surrogate.key if surrogate else "self",
-                          attack=attack.identity(), epsilon=cell.epsilon, scenario=cell.scenario,
-                          protection=([protection.key, protection.defense.params]
-                                      if protection and cell.scenario != "c2c" else None),
-                          target_rule=cell.target_rule, conventions=self.conventions.as_dict())
-        return CellPlan(cell, key, victim, surrogate, attack, protection, self.conventions, identity,
+        attack_key = content_key(stage="attack", harness=HARNESS_VERSION, code=code_hash(ATTACK_CODE + TARGET_CODE),
+                                 victim=victim.key, surrogate=surrogate.key if surrogate else "self",
+                                 attack=attack.identity(), epsilon=cell.epsilon, scenario=cell.scenario,
+                                 protection=([protection.key, protection.defense.params]
+                                             if protection and cell.scenario != "c2c" else None),
+                                 target_rule=cell.target_rule)
+        key = content_key(stage="cell", harness=HARNESS_VERSION, attack=attack_key, code=code_hash(EVALUATION_CODE),
+                          conventions=self.conventions.as_dict())
+        return CellPlan(cell, key, attack_key, victim, surrogate, attack, protection, self.conventions, identity,
                         self.sources(victim, surrogate, attack, protection))
 
     def sources(self, victim: VictimPlan, surrogate: VictimPlan | None, attack: PluginChoice,

@@ -121,17 +121,21 @@ def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, regist
 
     def keys():
         plan = runner.plan(cell)
-        return plan.victim.key, plan.key
+        return plan.victim.key, plan.attack_key, plan.key
 
     original = keys()
     package = tmp_path / "benchmark"
     shutil.copytree(plan_module.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(plan_module, "PACKAGE_DIR", package)
     assert keys() == original  # same code, same keys
+    with open(package / "metrics.py", "a") as source:
+        source.write("\n# an edit to the scoring code\n")
+    scored = keys()
+    assert scored[:2] == original[:2] and scored[2] != original[2]  # re-scored from the cached attack outputs
     with open(package / "attack.py", "a") as source:
         source.write("\n# an edit to the shared attack code\n")
-    victim_key, cell_key = keys()
-    assert victim_key == original[0] and cell_key != original[1]  # the victim is reused, the cell reruns
+    victim_key, attack_key, cell_key = keys()
+    assert victim_key == original[0] and attack_key != original[1]  # the victim is reused, the attack reruns
     with open(package / "model.py", "a") as source:
         source.write("\n# an edit to the victim network\n")
     assert keys()[0] != original[0]  # the victim is retrained
