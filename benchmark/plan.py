@@ -93,6 +93,8 @@ class VictimPlan:
     train_data: str = "clean"
     protection: ProtectionPlan | None = None   # set when train_data is "protected"
     start: "VictimPlan | None" = None          # the undefended victim a ``starts_from_victim`` defense begins from
+    split: str = field(default="", compare=False)  # the cell's split (its queries and database are encoded);
+    # not in the key: a victim depends on its training set alone, so query subsets share it
 
     def label(self) -> str:
         defense = "" if self.defense.name == "none" else f"+{self.defense.name}"
@@ -159,7 +161,10 @@ class Planner:
             plugin = choice.configure(self.registry)
             splits = plugin.splits(self.data_root)
             identity = {"name": choice.name, "params": choice.params, "source": choice.source_hash,
-                        "split": splits.fingerprint(), "label": plugin.label(), **splits.sizes()}
+                        "split": splits.fingerprint(), "label": plugin.label(), **splits.sizes(),
+                        "training": {"name": choice.name, "source": choice.source_hash,
+                                     "train": splits.train.fingerprint(), "mean": splits.mean, "std": splits.std,
+                                     "shape": list(splits.image_shape()), "classes": splits.num_classes}}
             self._datasets[choice.params_json + choice.name] = (choice, identity)
         return self._datasets[choice.params_json + choice.name]
 
@@ -172,7 +177,8 @@ class Planner:
         dataset, identity = self.dataset(cell)
         learned = {k: v for k, v in defense.params.items() if k not in plugin.release_parameters}
         key = content_key(stage="protection", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
-                          dataset=identity, defense=[defense.name, learned, defense.source_hash], seed=cell.seed)
+                          dataset=identity["training"], defense=[defense.name, learned, defense.source_hash],
+                          seed=cell.seed)
         return ProtectionPlan(key, dataset, defense, cell.seed)
 
     def victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
@@ -188,15 +194,16 @@ class Planner:
         start = None
         if self.registry.get("defenses", defense).starts_from_victim:
             start = self.victim(cell, hashing, backbone, bits, "none")
-        parts = dict(stage="victim", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE), dataset=identity,
-                     hashing=method.identity(), defense=training.identity(), backbone=backbone, bits=bits,
+        parts = dict(stage="victim", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
+                     dataset=identity["training"], hashing=method.identity(), defense=training.identity(),
+                     backbone=backbone, bits=bits,
                      seed=cell.seed)
         if protection is not None:
             parts.update(train_data=train_data, protection=protection.key)
         if start is not None:
             parts.update(start=start.key)
         return VictimPlan(content_key(**parts), dataset, method, training, backbone, bits, cell.seed,
-                          train_data if protection is not None else "clean", protection, start)
+                          train_data if protection is not None else "clean", protection, start, identity["split"])
 
     def surrogate(self, cell: Cell) -> VictimPlan | None:
         if cell.surrogate == "self":
@@ -215,7 +222,7 @@ class Planner:
         attack = self.choice("attacks", cell.attack, cell)
         protection = self.protection(cell)
         attack_key = content_key(stage="attack", harness=HARNESS_VERSION, code=code_hash(ATTACK_CODE + TARGET_CODE),
-                                 victim=victim.key, surrogate=surrogate.key if surrogate else "self",
+                                 dataset={k: v for k, v in identity.items() if k != "training"}, victim=victim.key, surrogate=surrogate.key if surrogate else "self",
                                  attack=attack.identity(), epsilon=cell.epsilon, scenario=cell.scenario,
                                  protection=([protection.key, protection.defense.params]
                                              if protection and cell.scenario != "c2c" else None),

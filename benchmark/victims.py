@@ -5,7 +5,7 @@ keeps the last victims in memory, and computes a stage only when its cache entry
 (``benchmark.claims``) so that two runs never train the same victim at the same time.
 
     .cache/victims/<key>.pt       trained weights and training info
-    .cache/codes/<key>.pt         database and query codes, and the victim's diagnostics (benchmark.flags)
+    .cache/codes/<key>.pt         database and query codes of a split, and the victim's diagnostics (benchmark.flags)
     .cache/protections/<key>.pt   a protection's learned state (PPL's generator)
     .cache/codes/<key>.pt         codes of the protected database and queries (victim, protection, release)
 """
@@ -164,14 +164,15 @@ class Workspace:
         return ProtectedImages(images, self.protection(plan), mask, self.device)
 
     # ------------------------------------------------------------------ victims
-    def victim(self, plan: VictimPlan, fingerprint: str | None = None) -> Victim:
-        """The trained victim with its clean codes and diagnostics (training and encoding once per key)."""
-        if plan.key in self._victims:
-            return self._victims[plan.key]
+    def victim(self, plan: VictimPlan) -> Victim:
+        """The trained victim with its clean codes of the plan's split and diagnostics (trained once per key)."""
+        memo = (plan.key, plan.split)
+        if memo in self._victims:
+            return self._victims[memo]
         if plan.key in self.failed_victims:  # not retrained for every cell of it; a new run tries again
             raise VictimTrainingFailed(f"training {plan.label()} failed earlier in this run: "
                                        f"{self.failed_victims[plan.key]}")
-        splits = self.splits(plan.dataset, fingerprint)
+        splits = self.splits(plan.dataset, plan.split or None)
         model = self.fresh_model(plan, splits)
         stored = self.cache.load("victims", plan.key)
         if stored is None:
@@ -194,7 +195,7 @@ class Workspace:
                         codes.get("diagnostics", {}), stored.get("info", {}))
         while len(self._victims) >= self.keep_victims:
             self._victims.pop(next(iter(self._victims)))
-        self._victims[plan.key] = victim
+        self._victims[memo] = victim
         return victim
 
     def fresh_model(self, plan: VictimPlan, splits: Splits) -> HashModel:
@@ -228,18 +229,20 @@ class Workspace:
         return {"state": model.state_dict(), "info": ctx.info}
 
     def codes(self, plan: VictimPlan, model: HashModel, splits: Splits) -> dict:
-        codes = self.cache.load("codes", plan.key)
+        key = content_key(victim=plan.key, split=splits.fingerprint())
+        codes = self.cache.load("codes", key)
         if codes is None:
             self.stage(f"encoding database and queries with {plan.label()}")
             codes = {"database": self.encode(model, splits.database), "query": self.encode(model, splits.query)}
             codes["diagnostics"] = flags.victim_diagnostics(model, codes["database"], codes["query"], splits,
                                                             self.device)
-            self.cache.save("codes", plan.key, codes)
+            self.cache.save("codes", key, codes)
         return codes
 
     def protected_codes(self, victim: Victim, protection: ProtectionPlan, seed: int) -> dict:
         """Codes of the protected database (the protection's released share) and of the protected queries."""
-        key = content_key(victim=victim.key, protection=protection.key, release=protection.defense.params, seed=seed)
+        key = content_key(victim=victim.key, split=victim.plan.split, protection=protection.key,
+                          release=protection.defense.params, seed=seed)
         codes = self.cache.load("codes", key)
         if codes is None:
             splits = self.splits(protection.dataset)

@@ -208,3 +208,18 @@ def test_list_shows_plugins_backbones_and_dataset_cards():
     assert result.returncode == 0
     for text in ("dpsh", "dhta", "fashion_mnist", "protocol:", "vgg16", "resnet50", "smallcnn"):
         assert text in result.stdout, text
+
+
+def test_a_query_subset_reuses_the_victim_but_not_its_codes(tmp_path, registry):
+    """A victim depends on its training set only: a smaller query subset is searched with the same model."""
+    cells = {}
+    for subset in (60, 30):
+        grid = write_grid(tmp_path / f"q{subset}.toml", TINY_GRID.replace("query_subset = 60", f"query_subset = {subset}"))
+        cells[subset] = next(c for c in expand(load_preset(str(grid)), registry) if c.attack == "none")
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    plans = {subset: runner.plan(cell) for subset, cell in cells.items()}
+    assert plans[60].victim.key == plans[30].victim.key
+    assert plans[60].victim.split != plans[30].victim.split and plans[60].key != plans[30].key
+    codes = {subset: runner.workspace.victim(plan.victim).query_codes for subset, plan in plans.items()}
+    assert len(codes[60]) == 60 and len(codes[30]) == 30
+    assert len(list((tmp_path / "cache" / "victims").glob("*.pt"))) == 1  # trained once
