@@ -9,7 +9,8 @@ checked like a stated one, so that the choice between cells is never arbitrary.
 Matching a reference row to measured points (status ok, current code: stale runs are never read here):
 
 * same hashing method, defense, code length and metric; the row's backbone, or, on a stand-in dataset,
-  ``smallcnn`` for the paper's default backbone (``:scratch`` suffixes aside);
+  ``smallcnn_fc500`` for the paper's default backbone (PPL: its own ``smallcnn``) and ``smallcnn`` for the
+  second architecture of a transfer table (``STAND_IN_OTHER_BACKBONE``; ``:scratch`` suffixes aside);
 * the same dataset, or its CPU-sized stand-in (``STAND_IN``: the FashionMNIST mosaics for the multi-label
   sets, FashionMNIST for the single-label ones), which is never like-for-like;
 * attack: the plugin of the row's name, or of its alias (ProS-GAN's "DHTA + FGSM" is ``dhta`` with one
@@ -17,8 +18,8 @@ Matching a reference row to measured points (status ok, current code: stale runs
   any scenario); ``iter=N`` requires the point at N iterations (N = 0: the clean cell); PPL's
   ``train_data`` clean/adversarial is the cell's ``train_data`` clean/protected;
 * transfer tables (``source=S,target=T``): S = none is the clean cell, S = T the white-box cell, another
-  S the cell crafted on ``surrogate`` = the paper's model S as ``hashing/backbone/bits`` (``MODELS``; the
-  default backbone becomes ``smallcnn`` on a stand-in dataset). HAG's combined perturbations (r1+r2, ...)
+  S the cell crafted on ``surrogate`` = the paper's model S as ``hashing/backbone/bits`` (``MODELS``; on a
+  stand-in dataset its backbone becomes the stand-in network). HAG's combined perturbations (r1+r2, ...)
   have no single surrogate and are not matched. Outside transfer tables the surrogate is ``self``, except
   for PPL's protection (its generator is trained on a surrogate of its own).
 
@@ -61,7 +62,11 @@ TARGET_METRIC = re.compile(r"^(t|anchor_code_t|prototype_code_t)")
 # CPU-sized stand-ins for the papers' datasets: never like-for-like, always said so
 STAND_IN = {"flickr25k": "fashion_mnist_mosaic", "nuswide": "fashion_mnist_mosaic", "mscoco": "fashion_mnist_mosaic",
             "unknown": "fashion_mnist_mosaic", "cifar10": "fashion_mnist", "imagenet13": "fashion_mnist"}
-STAND_IN_BACKBONE = "smallcnn"
+STAND_IN_BACKBONE = "smallcnn_fc500"  # the paper's default backbone, on a stand-in dataset (the default grid's net)
+STAND_IN_PAPER_BACKBONE = {"ppl": "smallcnn"}  # PPL's own FashionMNIST network stands for its ResNet-50
+# a second backbone of a paper's transfer tables, on a stand-in dataset: PPL's two-convolution network stands
+# for the other architecture, so that cross-backbone transfer has a measured (never like-for-like) value
+STAND_IN_OTHER_BACKBONE = {"prosgan": {"alexnet": "smallcnn"}, "hag": {"vgg19": "smallcnn"}}
 # the label count of each dataset plugin (``num_classes``; tests check these against the plugins)
 PLUGIN_LABELS = {"fashion_mnist": 10, "fashion_mnist_mosaic": 10, "cifar10": 10, "imagenet13": 13, "imagenet100": 100,
                  "flickr25k": 38, "nuswide": 21, "mscoco": 80}
@@ -114,7 +119,7 @@ class Conventions:
     schedule: dict[str, dict[str, Said]]       # per attack: attack_params that must hold
     victim: dict[str, Said]                    # hashing_params that must hold (any method)
     pretrained: Said | None                    # backbone initialised from ImageNet weights
-    default_backbone: dict[str, str]           # per dataset: the paper's default (stood in for by smallcnn)
+    default_backbone: dict[str, str]           # per dataset: the paper's default (stood in for by STAND_IN_BACKBONE)
     models: dict[str, tuple[str, str, int]]    # transfer tables: the paper's model names -> (hashing, backbone, bits)
     aliases: dict[str, tuple[str, dict]] = field(default_factory=dict)  # row attack -> (plugin, params that define it)
     defense: dict[str, dict[str, Said]] = field(default_factory=dict)   # per defense: defense_params that must hold
@@ -378,11 +383,17 @@ def _surrogate_spec(surrogate: str) -> tuple[str, str, int] | None:
     return parts[0], base_backbone(parts[1]), int(parts[2])
 
 
+def stand_in_backbone(conv: Conventions, paper_dataset: str, backbone: str) -> str | None:
+    """The small network that stands in for the paper's ``backbone`` on a stand-in dataset (None: none does)."""
+    if conv.default_backbone.get(paper_dataset, backbone) == backbone:
+        return STAND_IN_PAPER_BACKBONE.get(conv.paper, STAND_IN_BACKBONE)
+    return STAND_IN_OTHER_BACKBONE.get(conv.paper, {}).get(backbone)
+
+
 def _backbone_ok(w: Wanted, conv: Conventions, m: dict, stand_in: bool, paper_dataset: str) -> bool:
     if m["backbone_base"] == w.backbone:
         return True
-    return stand_in and m["backbone_base"] == STAND_IN_BACKBONE and conv.default_backbone.get(
-        paper_dataset, w.backbone) == w.backbone
+    return stand_in and m["backbone_base"] == stand_in_backbone(conv, paper_dataset, w.backbone)
 
 
 def candidates(r: dict, w: Wanted, index: dict) -> list[dict]:
@@ -406,8 +417,8 @@ def candidates(r: dict, w: Wanted, index: dict) -> list[dict]:
             if w.surrogate is not None:
                 spec = _surrogate_spec(m["surrogate"])
                 hashing, backbone, bits = w.surrogate
-                if stand_in and conv.default_backbone.get(paper_dataset) == backbone:
-                    backbone = STAND_IN_BACKBONE
+                if stand_in:
+                    backbone = stand_in_backbone(conv, paper_dataset, backbone) or backbone
                 if spec != (hashing, backbone, bits):
                     continue
             elif not w.any_surrogate and w.attack != "none" and m["surrogate"] != "self":

@@ -119,10 +119,11 @@ def test_hag_datasets_are_matched_by_protocol_not_by_name(tmp_path):
 
 
 def test_stand_in_datasets_and_transfer_sources(tmp_path):
-    mosaic = {"dataset": "fashion_mnist_mosaic", "dataset_label": "fashion_mnist_mosaic", "backbone": "smallcnn",
-              "attack": "prosgan", "attack_label": "prosgan", "epsilon": math.nan, "targeted": True}
-    rows = cell_rows({"tmap": 0.61}, **mosaic, bits=12, surrogate="dpsh/alexnet/32")  # H-AlexNet* -> H-VGG11
-    rows += cell_rows({"tmap": 0.62}, **mosaic, bits=12, surrogate="dpsh/alexnet/12")  # H-AlexNet -> H-VGG11
+    mosaic = {"dataset": "fashion_mnist_mosaic", "dataset_label": "fashion_mnist_mosaic",
+              "backbone": "smallcnn_fc500", "attack": "prosgan", "attack_label": "prosgan", "epsilon": math.nan,
+              "targeted": True}  # on a stand-in, smallcnn_fc500 stands for VGG-11 and smallcnn for AlexNet
+    rows = cell_rows({"tmap": 0.61}, **mosaic, bits=12, surrogate="dpsh/smallcnn/32")  # H-AlexNet* -> H-VGG11
+    rows += cell_rows({"tmap": 0.62}, **mosaic, bits=12, surrogate="dpsh/smallcnn/12")  # H-AlexNet -> H-VGG11
     rows += cell_rows({"tmap": 0.77}, **mosaic, bits=32)  # white box: H-VGG11* -> H-VGG11*
     prosgan3 = {"paper": "prosgan", "table": "3", "attack": "prosgan", "metric": "tmap"}
     m = matched(tmp_path, rows, **prosgan3, task="source=H-AlexNet*,target=H-VGG11")
