@@ -24,6 +24,7 @@ class AttackOutcome:
     codes: dict[int, torch.Tensor]            # {iterations: (Q, K) adversarial codes}; the largest is final
     target_codes: dict[str, torch.Tensor]     # {"anchor_code": (Q, K)} codes the attack aimed at
     perturbation: dict[str, float]            # of the final images: perceptibility, linf, linf_mean, l2, violations
+    snapshot_perturbation: dict[int, dict[str, float]] = field(default_factory=dict)  # the same at each snapshot
     seconds: float                            # in perturb, all queries
     gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)} of ``keep``
 
@@ -108,7 +109,7 @@ def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, eps
     """
     codes: dict[int, list[torch.Tensor]] = {}
     target_codes: dict[str, list[torch.Tensor]] = {}
-    statistics = PerturbationStatistics()
+    statistics: dict[int, PerturbationStatistics] = {}
     kept = Kept(keep)
     seconds, done = 0.0, 0
     for x, labels, index in queries.batches(batch_size):
@@ -127,8 +128,8 @@ def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, eps
         for iteration, images in sorted(snapshots.items()):
             images = check_images(attack.name, images, x, f"at iteration {iteration}")
             images, violations = enforce_budget(images, x, epsilon)
+            statistics.setdefault(iteration, PerturbationStatistics()).add(x, images, violations)
             if iteration == final_iteration:
-                statistics.add(x, images, violations)
                 kept.add(index, x, images)
             victim.eval()
             codes.setdefault(iteration, []).append(victim.codes(images).cpu())
@@ -136,9 +137,11 @@ def attack_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, eps
             target_codes.setdefault(name, []).append(check_codes(attack.name, name, aimed, len(x)))
         done += len(x)
         stage(f"attacking {done}/{len(queries)} queries")
+    final = max(statistics)
     return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
                          {name: torch.cat(c) for name, c in target_codes.items()},
-                         statistics.result(), seconds, kept.result())
+                         statistics[final].result(), seconds, kept.result(),
+                         {it: s.result() for it, s in statistics.items() if it != final})
 
 
 class Kept:

@@ -62,13 +62,13 @@ def run_cell(plan: CellPlan, ws: Workspace) -> list[dict]:
                                   database_labels, cutoffs, plan.conventions, curves=False)
         metrics += [{**row, "metric": f"{name}_{row['metric']}", "iterations": outcome.final_iterations}
                     for row in scored.rows]
-    perturbation = outcome.perturbation
+    metrics += perturbation_rows(outcome.perturbation, outcome.final_iterations)
+    for iteration, perturbation in outcome.snapshot_perturbation.items():  # HAG Table II: per snapshot
+        metrics += perturbation_rows(perturbation, iteration)
     metrics += [{"metric": name, "value": value, "iterations": outcome.final_iterations} for name, value in (
-        ("perceptibility", perturbation["perceptibility"]), ("linf", perturbation["linf"]),
-        ("linf_mean", perturbation["linf_mean"]), ("l2", perturbation["l2"]),
-        ("budget_violations", perturbation["violations"]),
         ("seconds_per_image", outcome.seconds / len(splits.query)), ("prepare_seconds", prepare_seconds),
         ("changed_codes", changed))]
+    perturbation = outcome.perturbation
     cell_flags = flags.victim_flags(victim.diagnostics) + flags.cell_flags(
         perturbs=attack.perturbs if attack else cell.scenario != "c2c", changed_share=changed,
         violations=perturbation["violations"],
@@ -154,6 +154,12 @@ def attack_cell(plan: CellPlan, ws: Workspace, victim: Victim, targets: torch.Te
         raise RuntimeError(f"attack {attack.name} changed the weights of the model it attacked; an attack must not "
                            f"modify the victim or surrogate (work on a copy)")
     return outcome, prepare_seconds
+
+
+def perturbation_rows(perturbation: dict, iteration: int) -> list[dict]:
+    names = {"perceptibility": "perceptibility", "linf": "linf", "linf_mean": "linf_mean", "l2": "l2",
+             "violations": "budget_violations"}
+    return [{"metric": metric, "value": perturbation[key], "iterations": iteration} for key, metric in names.items()]
 
 
 def released_database(plan: CellPlan, ws: Workspace, victim: Victim, outcome: AttackOutcome) -> tuple[torch.Tensor, float]:
