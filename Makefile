@@ -3,7 +3,7 @@
 #   make test    set up, run the tests
 PYTHON := .venv/bin/python
 
-.PHONY: bench test acceptance env data benchmark-search clean
+.PHONY: bench test acceptance env data benchmark benchmark-search clean
 
 env: .venv/.hashbench-ok
 .venv/.hashbench-ok: requirements.txt tools/setup_env.sh
@@ -22,6 +22,10 @@ test: env data
 # the default grid (as make bench runs it) against the figures it must meet; minutes, or seconds after make bench
 acceptance: env data
 	$(PYTHON) -m pytest tests/acceptance_default_grid.py
+
+# speed against the papers' evaluation loop, FAISS and a plain PyTorch attack loop, side by side (minutes)
+benchmark: env
+	$(PYTHON) tools/speed.py
 
 benchmark-search: env
 	$(PYTHON) -m pytest tests/bench_search.py --benchmark-only

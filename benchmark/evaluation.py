@@ -11,6 +11,7 @@ under, so the rows a grid writes do not depend on the database size.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -52,9 +53,12 @@ def mean(values: torch.Tensor) -> float:
     return float(torch.nanmean(values.double())) if len(values) else math.nan
 
 
-def distinct_cutoffs(cutoffs: Sequence[int | None]) -> list[int | None]:
-    """``cutoffs`` without repeats, in order; raises ValueError unless each is a positive int or None."""
-    if isinstance(cutoffs, (int, str)) or cutoffs is None or not len(cutoffs):
+def distinct_cutoffs(cutoffs: Sequence[int | None] | int | None) -> list[int | None]:
+    """``cutoffs`` without repeats, in order (a lone int or None is the one cut-off); raises ValueError unless
+    each is a positive int or None."""
+    if cutoffs is None or isinstance(cutoffs, numbers.Integral):
+        cutoffs = [cutoffs]
+    if isinstance(cutoffs, str) or not isinstance(cutoffs, Sequence) or not len(cutoffs):
         raise ValueError(f"cutoffs must be a non-empty sequence of positive ints or None; got {cutoffs!r}")
     for k in cutoffs:
         search.check_k(k)
@@ -63,7 +67,7 @@ def distinct_cutoffs(cutoffs: Sequence[int | None]) -> list[int | None]:
 
 def evaluate_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, query_labels: torch.Tensor,
                      target_labels: torch.Tensor | None, database_labels: torch.Tensor,
-                     cutoffs: Sequence[int | None], conventions: EvaluationConventions,
+                     cutoffs: Sequence[int | None] | int | None, conventions: EvaluationConventions,
                      curves: bool = True) -> Evaluation:
     """Score ``query_codes`` against the true labels (mAP) and, when given, the target labels (t-MAP).
 
