@@ -66,11 +66,40 @@ def score_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, label
     """Scores of every query under each labeling (its own labels for mAP, target labels for t-MAP, ...).
 
     AP@k and the tie-aware AP@k for each k in ``cutoffs`` (a cut-off at or beyond the database size scores
-    the whole database), the relevant items in the top N for each N in ``ns``, the precision at recall 1/levels ... 1 (none when
-    ``levels`` = 0) and the per-distance histograms. The labelings share one pass over the distances.
-    ``order`` picks the path (``ORDERS``; "auto": "count" for CPU codes when numba imports, else "sort");
-    results are on the codes' device, except "count"'s, which are on the CPU.
+    the whole database), the relevant items in the top N for each N in ``ns``, the precision at recall
+    1/levels ... 1 (none when ``levels`` = 0) and the per-distance histograms. The labelings share the
+    distances. ``order`` picks the path (``ORDERS``; "auto": "count" for CPU codes when numba imports, else
+    "sort"); results are on the codes' device, except "count"'s, which are on the CPU.
     """
+    _check_inputs(query_codes, database_codes, labelings, database_labels, cutoffs, ns, levels, zero_relevant)
+    n_database = len(database_codes)
+    if order not in ORDERS:
+        raise ValueError(f"unknown order {order!r}; accepted: {', '.join(ORDERS)}")
+    if order == "auto":
+        order = "count" if numba is not None and not query_codes.is_cuda else "sort"
+    if order == "count" and numba is None:
+        raise ValueError("order 'count' needs numba, which does not import here; use 'sort'")
+    if not labelings:
+        return []
+    cutoffs = [min(int(k), n_database) for k in cutoffs]
+    ns = [int(n) for n in ns]
+    if order == "count":
+        return _count(query_codes, database_codes, labelings, database_labels, cutoffs, ns, int(levels),
+                      zero_relevant == "exclude")
+    elements = _SORT_ELEMENTS_CUDA if query_codes.is_cuda else _SORT_ELEMENTS
+    step = batch_size or search.query_batch_size(n_database, elements)
+    parts = [_rank_and_read(query_codes[start:start + step], database_codes,
+                            [labels[start:start + step] for labels in labelings], database_labels, cutoffs, ns,
+                            int(levels), zero_relevant, order)
+             for start in range(0, len(query_codes), step)]
+    if not parts:
+        return [_empty_scores(query_codes, len(cutoffs), len(ns), levels) for _ in labelings]
+    return [QueryScores(*(torch.cat(field) for field in zip(*(vars(part[s]).values() for part in parts))))
+            for s in range(len(labelings))]
+
+
+def _check_inputs(query_codes, database_codes, labelings, database_labels, cutoffs, ns, levels,
+                  zero_relevant) -> None:
     search.check_codes(query_codes, database_codes)
     metrics._check_zero_relevant(zero_relevant)
     n_database = len(database_codes)
@@ -87,28 +116,6 @@ def score_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, label
         raise ValueError(f"every N must be an int in 1..{n_database} (the database size); got {list(ns)}")
     if isinstance(levels, bool) or not isinstance(levels, numbers.Integral) or levels < 0:
         raise ValueError(f"levels must be an int >= 0; got {levels!r}")
-    if order not in ORDERS:
-        raise ValueError(f"unknown order {order!r}; accepted: {', '.join(ORDERS)}")
-    if order == "auto":
-        order = "count" if numba is not None and not query_codes.is_cuda else "sort"
-    if order == "count" and numba is None:
-        raise ValueError("order 'count' needs numba, which does not import here; use 'sort'")
-    if not labelings:
-        return []
-    cutoffs = [min(int(k), n_database) for k in cutoffs]
-    ns = [int(n) for n in ns]
-    if order == "count":
-        return _count(query_codes, database_codes, labelings, database_labels, cutoffs, ns, int(levels),
-                      zero_relevant == "exclude")
-    step = batch_size or search.query_batch_size(n_database, _SORT_ELEMENTS)
-    parts = [_rank_and_read(query_codes[start:start + step], database_codes,
-                            [labels[start:start + step] for labels in labelings], database_labels, cutoffs, ns,
-                            int(levels), zero_relevant, order)
-             for start in range(0, len(query_codes), step)]
-    if not parts:
-        return [_empty_scores(query_codes, len(cutoffs), len(ns), levels) for _ in labelings]
-    return [QueryScores(*(torch.cat(field) for field in zip(*(vars(part[s]).values() for part in parts))))
-            for s in range(len(labelings))]
 
 
 def _empty_scores(query_codes: torch.Tensor, n_cutoffs: int, n_ns: int, levels: int) -> QueryScores:
@@ -122,7 +129,8 @@ def _empty_scores(query_codes: torch.Tensor, n_cutoffs: int, n_ns: int, levels: 
 
 # ---------------------------------------------------------------- "sort" and "faiss": read a ranked list
 
-_SORT_ELEMENTS = 1 << 24  # a query batch's (B, N) work arrays hold about this many elements
+_SORT_ELEMENTS = 1 << 24       # a query batch's (B, N) work arrays hold about this many elements (~0.4 GB)
+_SORT_ELEMENTS_CUDA = 1 << 26  # on a GPU (~1.6 GB)
 
 
 def _rank_and_read(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: list[torch.Tensor],
@@ -203,17 +211,22 @@ def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: S
     # word-major database arrays (words, N): the kernel's inner loops run along the database
     query_words = _pack(query_codes.cpu().numpy() > 0)
     database_words = np.ascontiguousarray(_pack(database_codes.cpu().numpy() > 0).T)
-    label_words = np.stack([_pack(labels.cpu().numpy() > 0) for labels in labelings])
-    database_label_words = np.ascontiguousarray(_pack(database_labels.cpu().numpy() > 0).T)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    label_bits = [labels.cpu().numpy() > 0 for labels in labelings]
+    label_words = np.stack([_pack(bits) for bits in label_bits])
+    database_bits = database_labels.cpu().numpy() > 0
+    database_label_words = np.ascontiguousarray(_pack(database_bits).T)
+    query_class, class_offsets, class_items = _class_lists(label_bits, database_bits)
+    # as many threads as torch has; with numba's OpenMP layer the two share one thread count, so torch's is
+    # put back afterwards
+    torch_threads = torch.get_num_threads()
+    numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        _count_kernel(query_words, database_words, label_words, database_label_words,
-                      np.asarray(cutoffs, dtype=np.int64)[cutoff_order], np.asarray(ns, dtype=np.int64)[n_order],
+        _count_kernel(query_words, database_words, label_words, database_label_words, query_class, class_offsets,
+                      class_items, np.asarray(cutoffs, dtype=np.int64)[cutoff_order], np.asarray(ns, dtype=np.int64)[n_order],
                       levels, exclude, average_precision, expected_average_precision, relevant_at, pr_precision,
                       counts, relevant_counts)
     finally:
-        numba.set_num_threads(threads)
+        torch.set_num_threads(torch_threads)
     average_precision[:, :, cutoff_order] = average_precision.copy()  # the kernel wrote them by ascending k
     expected_average_precision[:, :, cutoff_order] = expected_average_precision.copy()
     relevant_at[:, :, n_order] = relevant_at.copy()
@@ -222,6 +235,23 @@ def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: S
                            counts, relevant_counts[s])))
             for s in range(n_labelings)]
 
+
+
+def _class_lists(label_bits: list[np.ndarray], database_bits: np.ndarray) -> tuple[np.ndarray, ...]:
+    """For a single-label database, its items grouped by class (index order within each), and per labeling
+    and query the class whose items are its relevant ones: the query's one label, or -1 (a multi-label
+    database or query: the kernel then finds the items sharing a label item by item)."""
+    n_query = len(label_bits[0])
+    query_class = np.full((len(label_bits), n_query), -1, dtype=np.int64)
+    if not len(database_bits) or not (database_bits.sum(1) == 1).all():
+        return query_class, np.zeros(1, dtype=np.int64), np.zeros(0, dtype=np.int32)
+    classes = database_bits.argmax(1)
+    class_items = np.argsort(classes, kind="stable").astype(np.int32)
+    class_offsets = np.concatenate([[0], np.cumsum(np.bincount(classes, minlength=database_bits.shape[1]))])
+    for s, bits in enumerate(label_bits):
+        one_label = bits.sum(1) == 1
+        query_class[s, one_label] = bits[one_label].argmax(1)
+    return query_class, class_offsets.astype(np.int64), class_items
 
 if numba is not None:
     @intrinsic
@@ -233,9 +263,9 @@ if numba is not None:
         return numba.types.int64(numba.types.uint64), codegen
 
     @numba.njit(parallel=True, cache=True, nogil=True)
-    def _count_kernel(query_words, database_words, label_words, database_label_words, cutoffs, ns, levels, exclude,
-                      average_precision, expected_average_precision, relevant_at, pr_precision, counts,
-                      relevant_counts):
+    def _count_kernel(query_words, database_words, label_words, database_label_words, query_class, class_offsets,
+                      class_items, cutoffs, ns, levels, exclude, average_precision, expected_average_precision,
+                      relevant_at, pr_precision, counts, relevant_counts):
         """Every query (in parallel) and labeling: see the module docstring. Cut-offs and ns come ascending."""
         n_database = database_words.shape[1]
         groups = counts.shape[1]
@@ -243,73 +273,74 @@ if numba is not None:
         for q in numba.prange(query_words.shape[0]):
             # the Hamming distance of every item, word by word (simple loops the compiler vectorises)
             distance = np.zeros(n_database, dtype=np.int32)
+            for w in range(query_words.shape[1]):
+                word, column = query_words[q, w], database_words[w]
+                for j in range(n_database):
+                    distance[j] += _popcount(word ^ column[j])
+            # the counting sort's bookkeeping: each item's position among the items at its distance (those
+            # with a smaller index), the items at each distance and strictly closer
             position = np.empty(n_database, dtype=np.int32)
             tally = np.zeros(groups, dtype=np.int64)
-            if query_words.shape[1] == 1:
-                word, column = query_words[q, 0], database_words[0]
-                for j in range(n_database):
-                    d = _popcount(word ^ column[j])
-                    distance[j] = d
-                    position[j] = tally[d]
-                    tally[d] += 1
-            else:
-                for w in range(query_words.shape[1]):
-                    word, column = query_words[q, w], database_words[w]
-                    for j in range(n_database):
-                        distance[j] += _popcount(word ^ column[j])
-                for j in range(n_database):
-                    position[j] = tally[distance[j]]
-                    tally[distance[j]] += 1
+            for j in range(n_database):
+                d = distance[j]
+                position[j] = tally[d]
+                tally[d] += 1
             closer = np.empty(groups, dtype=np.int64)
+            inverse = np.zeros(groups)  # sum of 1 / rank over each distance's ranks, for the tie-aware AP
             items = 0
             for d in range(groups):
                 closer[d] = items
                 counts[q, d] = tally[d]
+                inverse[d] = _harmonic_difference(items, items + tally[d])
                 items += tally[d]
             for s in range(label_words.shape[0]):
-                rank_of = _relevant_ranks(label_words[s, q], database_label_words, distance, position, closer,
-                                          relevant_counts[s, q])
+                if query_class[s, q] >= 0:  # a single-label database and a one-label query: its class's items
+                    relevant = class_items[class_offsets[query_class[s, q]]:class_offsets[query_class[s, q] + 1]]
+                else:
+                    relevant = _sharing_items(label_words[s, q], database_label_words)
+                rank_of = _relevant_ranks(relevant, distance, position, closer, relevant_counts[s, q])
                 _read_ranks(rank_of, cutoffs, ns, levels, empty, average_precision[s, q], relevant_at[s, q],
                             pr_precision[s, q])
-                scratch = np.empty(len(rank_of) + 1, dtype=np.float64)
-                for c in range(len(cutoffs)):
-                    expected_average_precision[s, q, c] = _expected_average_precision(
-                        counts[q], relevant_counts[s, q], cutoffs[c], exclude, scratch)
+                _expected_average_precisions(counts[q], relevant_counts[s, q], closer, inverse, cutoffs, exclude,
+                                             expected_average_precision[s, q])
 
     @numba.njit(nogil=True)
-    def _relevant_ranks(query_label_words, database_label_words, distance, position, closer, relevant_counts):
-        """The ranks (1-based, ascending) of the items sharing a label with the query; fills ``relevant_counts``."""
-        n_database = len(distance)
-        relevant = np.empty(n_database + 1, dtype=np.int32)  # their indices, ascending (branch-free: every
-        found = 0                                             # index is written, a relevant one is kept)
-        if len(query_label_words) == 1:  # up to 64 classes: one word per item
-            word, column = query_label_words[0], database_label_words[0]
+    def _sharing_items(query_label_words, database_label_words):
+        """Indices (ascending) of the items sharing a label with the query."""
+        n_database = database_label_words.shape[1]
+        shares = np.zeros(n_database, dtype=np.uint8)
+        for w in range(len(query_label_words)):
+            word, column = query_label_words[w], database_label_words[w]
             for j in range(n_database):
-                relevant[found] = j
-                found += (word & column[j]) != 0
-        else:
-            shares = np.zeros(n_database, dtype=np.uint8)
-            for w in range(len(query_label_words)):
-                word, column = query_label_words[w], database_label_words[w]
-                for j in range(n_database):
-                    shares[j] |= (word & column[j]) != 0
-            for j in range(n_database):
-                relevant[found] = j
-                found += shares[j]
+                shares[j] |= (word & column[j]) != 0
+        items = np.empty(n_database + 1, dtype=np.int32)  # branch-free: every index is written, a sharing
+        found = 0                                          # one is kept
+        for j in range(n_database):
+            items[found] = j
+            found += shares[j]
+        return items[:found]
+
+    @numba.njit(nogil=True)
+    def _relevant_ranks(relevant, distance, position, closer, relevant_counts):
+        """Ranks (1-based, ascending) of the ``relevant`` items (indices, ascending); fills ``relevant_counts``.
+
+        The h-th relevant item at distance d (index order) is the (relevant items closer than d + h + 1)-th
+        relevant item in rank order, at rank closer[d] + its position + 1."""
         relevant_counts[:] = 0
-        for i in range(found):
+        for i in range(len(relevant)):
             relevant_counts[distance[relevant[i]]] += 1
-        next_slot = np.empty(len(closer), dtype=np.int64)  # where the next relevant item at each distance goes
-        closer_relevant = 0
+        next_slot = np.empty(len(closer), dtype=np.int64)
+        found = 0
         for d in range(len(closer)):
-            next_slot[d] = closer_relevant
-            closer_relevant += relevant_counts[d]
-        rank_of = np.empty(found, dtype=np.int64)
-        for i in range(found):
+            next_slot[d] = found
+            found += relevant_counts[d]
+        rank_of = np.empty(len(relevant), dtype=np.int64)
+        for i in range(len(relevant)):
             j = relevant[i]
             d = distance[j]
-            rank_of[next_slot[d]] = closer[d] + position[j] + 1
-            next_slot[d] += 1
+            slot = next_slot[d]
+            rank_of[slot] = closer[d] + position[j] + 1
+            next_slot[d] = slot + 1
         return rank_of
 
     @numba.njit(nogil=True)
@@ -318,15 +349,13 @@ if numba is not None:
         relevant = len(rank_of)
         found, precision_sum = 0, 0.0  # AP@k sums n / r_n in rank order, read at each cut-off
         for c in range(len(cutoffs)):
-            while found < relevant and rank_of[found] <= cutoffs[c]:
-                found += 1
-                precision_sum += found / rank_of[found - 1]
+            within = np.searchsorted(rank_of, cutoffs[c], side="right")
+            for n in range(found, within):
+                precision_sum += (n + 1) / rank_of[n]
+            found = within
             average_precision[c] = precision_sum / found if found else empty
-        found = 0
         for i in range(len(ns)):
-            while found < relevant and rank_of[found] <= ns[i]:
-                found += 1
-            relevant_at[i] = found
+            relevant_at[i] = np.searchsorted(rank_of, ns[i], side="right")
         for level in range(1, levels + 1):
             needed = (level * relevant + levels - 1) // levels  # ceil(level / levels * R) in integers
             pr_precision[level - 1] = needed / rank_of[needed - 1] if needed else np.nan
@@ -349,56 +378,78 @@ if numba is not None:
         return total + series
 
     @numba.njit(nogil=True)
-    def _expected_group_precision(before, slots, hits, hits_before):
-        """``metrics._expected_group_precision`` for one block."""
+    def _block_precision(before, slots, hits, hits_before, inverse):
+        """``metrics._expected_group_precision`` of one block, given its sum of 1 / rank ``inverse``."""
         if slots == 0 or hits == 0:
             return 0.0
-        inverse = _harmonic_difference(before, before + slots)
-        ramp = slots - (before + 1) * inverse
         spread = (hits - 1) / (slots - 1) if slots > 1 else 0.0
-        return hits / slots * ((hits_before + 1) * inverse + spread * ramp)
+        return hits / slots * ((hits_before + 1) * inverse + spread * (slots - (before + 1) * inverse))
+
+    _NEGLIGIBLE = 1e-17  # a hypergeometric tail below this share of the weight so far is left out
 
     @numba.njit(nogil=True)
-    def _expected_average_precision(counts, relevant_counts, kept, exclude, log_weight):
-        """``metrics.expected_average_precision`` of one query at cut-off ``kept`` (<= N); ``log_weight`` is
-        scratch of at least max(relevant_counts) + 1 entries."""
-        before, found, precision_sum = 0, 0, 0.0
-        g = q = t = 0
-        for d in range(len(counts)):
-            if before + counts[d] <= kept:  # a group wholly within the top k
-                precision_sum += _expected_group_precision(before, counts[d], relevant_counts[d], found)
-                before += counts[d]
-                found += relevant_counts[d]
-            else:                           # the group the k-th position cuts
-                if before < kept:
-                    g, q, t = counts[d], relevant_counts[d], kept - before
-                break
-        # X = relevant items among the t boundary items taken: hypergeometric on low..high, weights from the
-        # summed log ratios P(x + 1) / P(x) = (q - x)(t - x) / ((x + 1)(g - q - t + x + 1))
-        low, high = max(0, t - (g - q)), min(q, t)
-        log_weight[0] = 0.0
-        largest = 0.0
-        for i in range(high - low):
-            x = low + i
-            log_weight[i + 1] = log_weight[i] + np.log((q - x) * (t - x) / ((x + 1) * (g - q - t + x + 1)))
-            largest = max(largest, log_weight[i + 1])
-        inverse = _harmonic_difference(before, before + t) if t > 0 else 0.0
-        ramp = t - (before + 1) * inverse
-        weights, expected = 0.0, 0.0
-        for i in range(high - low + 1):
-            x = low + i
-            weight = np.exp(log_weight[i] - largest)
-            block = 0.0
-            if x > 0:
-                spread = (x - 1) / (t - 1) if t > 1 else 0.0
-                block = x / t * ((found + 1) * inverse + spread * ramp)
-            if found + x > 0:
-                expected += weight * (precision_sum + block) / (found + x)
-            weights += weight
-        expected /= weights
-        if not exclude:
-            return expected
-        if found == 0 and not (q > 0 and t > 0):
-            return np.nan
-        p_none = np.exp(log_weight[0] - largest) / weights if found == 0 and low == 0 else 0.0
-        return expected / (1 - p_none)
+    def _expected_average_precisions(counts, relevant_counts, closer, inverse, cutoffs, exclude, out):
+        """``metrics.expected_average_precision`` of one query at each cut-off (<= N).
+
+        The boundary group's hypergeometric weights are walked from the mode outwards by their ratios
+        P(x + 1) / P(x) = (q - x)(t - x) / ((x + 1)(g - q - t + x + 1)); the pmf is log-concave, so the
+        ratios fall away from the mode and a walk stops once what is left is below ``_NEGLIGIBLE``."""
+        groups = len(counts)
+        precision_before = np.empty(groups + 1)  # expected precision sum and relevant count of the groups
+        found_before = np.empty(groups + 1, dtype=np.int64)  # closer than each distance
+        total, found = 0.0, 0
+        for d in range(groups):
+            precision_before[d], found_before[d] = total, found
+            total += _block_precision(closer[d], counts[d], relevant_counts[d], found, inverse[d])
+            found += relevant_counts[d]
+        precision_before[groups], found_before[groups] = total, found
+        for i in range(len(cutoffs)):
+            cut = 0  # the first group not wholly within the top k
+            while cut < groups and closer[cut] + counts[cut] <= cutoffs[i]:
+                cut += 1
+            precision_sum, found = precision_before[cut], found_before[cut]
+            g = q = t = m = 0
+            if cut < groups and closer[cut] < cutoffs[i]:
+                g, q, m = counts[cut], relevant_counts[cut], closer[cut]
+                t = cutoffs[i] - m
+            low, high = max(0, t - (g - q)), min(q, t)
+            block_inverse = _harmonic_difference(m, m + t)
+            mode = min(max((q + 1) * (t + 1) // (g + 2), low), high)
+            weights = 1.0
+            expected = _boundary_value(mode, m, t, found, precision_sum, block_inverse)
+            p_none = 1.0 if mode == 0 else 0.0
+            x, weight = mode, 1.0
+            while x < high:
+                ratio = (q - x) * (t - x) / ((x + 1) * (g - q - t + x + 1))
+                weight *= ratio
+                x += 1
+                weights += weight
+                expected += weight * _boundary_value(x, m, t, found, precision_sum, block_inverse)
+                if ratio < 1 and weight * ratio / (1 - ratio) < _NEGLIGIBLE * weights:
+                    break
+            x, weight = mode, 1.0
+            while x > low:
+                ratio = x * (g - q - t + x) / ((q - x + 1) * (t - x + 1))  # P(x - 1) / P(x)
+                weight *= ratio
+                x -= 1
+                weights += weight
+                expected += weight * _boundary_value(x, m, t, found, precision_sum, block_inverse)
+                if x == 0:
+                    p_none = weight
+                if ratio < 1 and weight * ratio / (1 - ratio) < _NEGLIGIBLE * weights:
+                    break
+            expected /= weights
+            if not exclude:
+                out[i] = expected
+            elif found == 0 and not (q > 0 and t > 0):
+                out[i] = np.nan  # no order puts a relevant item in the top k
+            else:               # E[AP | R_k > 0]: R_k = 0 only when nothing closer is relevant and X = 0
+                out[i] = expected / (1 - (p_none / weights if found == 0 else 0.0))
+
+    @numba.njit(nogil=True)
+    def _boundary_value(x, before, slots, found, precision_sum, inverse):
+        """AP given x relevant items among the boundary group's ``slots`` items in the top k."""
+        if found + x == 0:
+            return 0.0
+        block = _block_precision(before, slots, x, found, inverse)
+        return (precision_sum + block) / (found + x)

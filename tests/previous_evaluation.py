@@ -15,6 +15,14 @@ from benchmark import metrics, search
 PRECISION_AT = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 
 
+def _expected_group_precision(before, slots, hits, hits_before):
+    inverse = torch.special.digamma(before + slots + 1) - torch.special.digamma(before + 1)
+    ramp = slots - (before + 1) * inverse
+    spread = torch.where(slots > 1, (hits - 1) / (slots - 1).clamp(min=1), 0.0)
+    value = hits / slots.clamp(min=1) * ((hits_before + 1) * inverse + spread * ramp)
+    return torch.where((slots > 0) & (hits > 0), value, 0.0)
+
+
 def _log_binomial(n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return torch.lgamma(n + 1) - torch.lgamma(r + 1) - torch.lgamma((n - r).clamp(min=0) + 1)
 
@@ -33,7 +41,8 @@ def _expected_average_precision(counts, relevant_counts, k, zero_relevant):
     before = counts.cumsum(1) - counts
     hits_before = relevant_counts.cumsum(1) - relevant_counts
     full = before + counts <= kept
-    expected_full = torch.where(full, metrics._expected_group_precision(before, counts, relevant_counts, hits_before), 0.0)
+    expected_full = torch.where(full, _expected_group_precision(before, counts, relevant_counts,
+                                                                        hits_before), 0.0)
     precision_sum = expected_full.sum(1, keepdim=True)
     found = torch.where(full, relevant_counts, 0.0).sum(1, keepdim=True)  # r: relevant in the full groups
     # the boundary group, cut by the k-th position (none when k falls on a group's end: then g = q = t = 0)
@@ -50,7 +59,8 @@ def _expected_average_precision(counts, relevant_counts, k, zero_relevant):
     log_pmf = _log_binomial(q, x) + _log_binomial(g - q, t - x) - _log_binomial(g, t)
     pmf = torch.where(possible, torch.exp(torch.where(possible, log_pmf, 0.0)), 0.0)
     pmf = pmf / pmf.sum(1, keepdim=True)
-    block = metrics._expected_group_precision(m.expand_as(pmf), t.expand_as(pmf), x.expand_as(pmf), found.expand_as(pmf))
+    block = _expected_group_precision(m.expand_as(pmf), t.expand_as(pmf), x.expand_as(pmf),
+                                              found.expand_as(pmf))
     denominator = found + x
     value = torch.where(denominator > 0, (precision_sum + block) / denominator.clamp(min=1), 0.0)
     expected = (pmf * value).sum(1)
@@ -59,7 +69,6 @@ def _expected_average_precision(counts, relevant_counts, k, zero_relevant):
     reachable = ((found > 0) | ((q > 0) & (t > 0))).squeeze(1)
     p_some_relevant = 1 - torch.where(found > 0, 0.0, pmf[:, :1]).squeeze(1)
     return torch.where(reachable, expected / p_some_relevant.clamp(min=1e-300), math.nan)
-
 
 
 def evaluate_queries(query_codes, database_codes, query_labels, target_labels, database_labels, topk,

@@ -42,11 +42,17 @@ def brute_force_pr(relevant: list[bool], levels: int) -> list[float]:
 
 
 @pytest.mark.parametrize("order", ORDERS)
-@pytest.mark.parametrize("bits, n_classes, seed", [(4, 3, 20), (8, 10, 21), (12, 5, 22), (70, 4, 23)])
+@pytest.mark.parametrize("bits, n_classes, seed, single_label", [(4, 3, 20, False), (8, 10, 21, False),
+                                                                  (12, 5, 22, False), (70, 4, 23, False),
+                                                                  (8, 4, 24, True), (70, 66, 25, True)])
 @pytest.mark.parametrize("zero_relevant", ["count_as_zero", "exclude"])
-def test_scores_against_brute_force(order, bits, n_classes, seed, zero_relevant):
-    """Two labelings at once; cut-offs inside a tie, at and beyond the database; 70 bits take two words."""
+def test_scores_against_brute_force(order, bits, n_classes, seed, single_label, zero_relevant):
+    """Two labelings at once; cut-offs inside a tie, at and beyond the database; 70 bits (and 66 classes) take
+    two words. A single-label database lets one-label queries read their class's items (the others, with
+    several labels, are matched item by item)."""
     query_codes, database_codes, query_labels, database_labels = random_problem(40, 300, bits, n_classes, seed)
+    if single_label:
+        database_labels = torch.eye(n_classes)[database_labels.argmax(1)]
     targets = target_labels(40, n_classes, seed + 100)
     labelings = [query_labels, targets]
     reference = {id(labels): brute_force_ranking(query_codes, database_codes, labels, database_labels)
@@ -110,6 +116,29 @@ def test_count_and_sort_agree_to_the_bit_where_they_should():
         assert torch.equal(getattr(counted, name), getattr(sorted_, name)), name
     torch.testing.assert_close(counted.expected_average_precision, sorted_.expected_average_precision,
                                rtol=1e-12, atol=0)
+
+
+def test_class_lists_only_for_one_label_queries_on_a_single_label_database():
+    database = np.eye(3, dtype=bool)[[2, 0, 2, 1, 0]]
+    queries = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0]], dtype=bool)
+    query_class, offsets, items = scoring._class_lists([queries], database)
+    assert query_class.tolist() == [[0, -1, -1]]
+    assert offsets.tolist() == [0, 2, 3, 5] and items.tolist() == [1, 4, 3, 0, 2]
+    multi = database.copy()
+    multi[0, 0] = True
+    assert scoring._class_lists([queries], multi)[0].tolist() == [[-1, -1, -1]]
+
+
+@needs_numba
+def test_the_kernel_leaves_torch_threads_alone():
+    problem = random_problem(5, 50, 8, 3, 36)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        scoring.score_queries(problem[0], problem[1], [problem[2]], problem[3], [10], order="count")
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_score_queries_errors():
@@ -204,7 +233,6 @@ def test_evaluation_errors():
         EvaluationConventions(zero_relevant="skip")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("bits, topk", [(8, 1000), (16, 5000)])
 def test_evaluation_matches_the_previous_one_at_scale(bits, topk):
     """2,000 queries x 60,000 codes with thousands of items per distance: every row and per-query AP as the
