@@ -98,8 +98,8 @@ def evaluate_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, qu
                 {"metric": f"{prefix}map_tie_aware", "topk": k or 0,
                  "value": mean(score.expected_average_precision[:, column])},
             ]
-    for prefix, score in scores.items():
-        if curves:
+    if curves:
+        for prefix, score in scores.items():
             result.rows += curve_rows(prefix, score, ns)
     return result
 

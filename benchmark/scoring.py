@@ -8,19 +8,23 @@ Hamming distances between K-bit codes are integers 0..K, so the order by (distan
 One pass over the database in index order gives every item its distance and p_j, and the number of items
 at each distance. For each labeling (the query's own labels, the target labels) the relevant items, taken
 in index order and placed by distance, then come out with their ranks r_1 < r_2 < ... < r_R in rank order
-(the n-th relevant item at distance d follows every relevant item closer than d), and the per-distance
-histograms of relevant items fall out too (what the tie-aware AP needs, ``metrics.expected_average_precision``).
-Everything else is read from the ranks, with the conventions of ``benchmark.metrics``:
+(the h-th relevant item at distance d follows every relevant item closer than d), and the per-distance
+counts of relevant items fall out too. On a single-label database the relevant items of a one-label query
+are its class's items, listed once per call; otherwise they are found item by item.
+Everything is read from the ranks and counts, with the conventions of ``benchmark.metrics``:
 
     AP@k     = (1 / R_k) * sum_{n <= R_k} n / r_n,   R_k = #{n : r_n <= k}    (0 or NaN when R_k = 0)
     P@N      = #{n : r_n <= N} / N
     PR at l  = m / r_m,   m = ceil(l * R)                                        (NaN when R = 0)
+    tie-aware AP@k from the per-distance counts (``metrics.expected_average_precision``)
 
 Three ways to the same numbers (``ORDERS``): "count", the above as a compiled loop per query (numba, CPU,
 queries in parallel); "sort", a stable sort of each query's 8- or 16-bit distances (on the GPU a radix
 sort, i.e. a counting pass per 8-bit digit) read in rank order with cumulative sums (torch, on the codes'
 device: the GPU's path); and "faiss", FAISS's ranking (``search.rank(backend="faiss")``) read the same way.
-AP sums its terms in rank order in every path, so on a CPU the three agree to the bit.
+AP, P@N and PR sum the same terms in the same order in every path, so on a CPU they agree to the bit; the
+tie-aware AP agrees to float64 rounding (the compiled path walks the hypergeometric weights by their ratios,
+torch takes them from log-sums).
 """
 from __future__ import annotations
 
