@@ -6,7 +6,8 @@
 (1) Scoring, 10,000 queries x 60,000 codes at 32 bits (codes scattered around ten class codes, one-hot labels):
     hashbench's ``evaluate_queries`` (mAP and t-MAP at 1000, 5000 and the whole database, their tie-aware
     variants, P@100..1000 and the PR curve, for the true and the target labels) against the papers' per-query
-    numpy loop (Hamming distance by a dot product, argsort, AP over the relevant ranks; mAP@1000 only) and
+    numpy loop (Hamming distance by a dot product, argsort, AP over the relevant ranks; mAP@1000 only; numpy's
+    BLAS on one thread, its fastest setting here, unless OPENBLAS_NUM_THREADS says otherwise) and
     against FAISS's ``IndexBinaryFlat`` top-1000 search (ids only, no metric). The per-query APs are checked
     against the papers' loop run with a stable argsort (its own quicksort orders ties arbitrarily).
 (2) The attack loop: DHTA (hashbench's plugin) on the FashionMNIST victim (a fresh smallcnn, 28x28 grey
@@ -28,8 +29,13 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+# The papers' loop multiplies one query by the database per step (a matrix-vector product); numpy's BLAS
+# threads only slow that down, and on a busy machine by up to tenfold, so they are pinned to one unless the
+# caller says otherwise. It touches neither torch's nor FAISS's threads.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -318,7 +324,8 @@ def main(argv: list[str] | None = None) -> int:
             versions.append(f"{name} {__import__(name).__version__}")
         except ImportError:
             versions.append(f"{name} absent")
-    print(f"hashbench speed on {describe(device)}; {torch.get_num_threads()} torch threads; {', '.join(versions)}")
+    print(f"hashbench speed on {describe(device)}; {torch.get_num_threads()} torch threads, "
+          f"{os.environ['OPENBLAS_NUM_THREADS']} numpy BLAS thread(s); {', '.join(versions)}")
     print(f"machine: {load_note()}")
     registry = Registry.discover()
     if "scoring" not in args.skip:
