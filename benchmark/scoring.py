@@ -226,8 +226,8 @@ def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: S
     numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
         _count_kernel(query_words, database_words, label_words, database_label_words, query_class, class_offsets,
-                      class_items, np.asarray(cutoffs, dtype=np.int64)[cutoff_order], np.asarray(ns, dtype=np.int64)[n_order],
-                      levels, exclude, average_precision, expected_average_precision, relevant_at, pr_precision,
+                      class_items, np.asarray(cutoffs, dtype=np.int64)[cutoff_order],
+                      np.asarray(ns, dtype=np.int64)[n_order], levels, exclude, average_precision, expected_average_precision, relevant_at, pr_precision,
                       counts, relevant_counts)
     finally:
         torch.set_num_threads(torch_threads)
