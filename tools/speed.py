@@ -156,6 +156,13 @@ def bench_scoring(args, device: torch.device) -> None:
     row(f"hashbench evaluate_queries ({path}; every metric, 2 labelings)", f"{seconds:.2f} s",
         f"mAP@1000 {ours[('map', 1000)]:.4f}, t-MAP@1000 {ours[('tmap', 1000)]:.4f}")
 
+    if device.type == "cpu" and torch.get_num_threads() > 1:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        single, _ = timed(lambda: evaluate_queries(*on, cutoffs, EvaluationConventions()), device, repeat=3)
+        torch.set_num_threads(threads)
+        row("  the same on one thread", f"{single:.2f} s", "")
+
     qB, rB, qL, rL = (tensor.numpy() for tensor in (query_codes, database_codes, query_labels, database_labels))
     subset = args.reference_queries or args.queries
     reference_seconds, (reference_map, _) = timed(lambda: papers_map(qB[:subset], rB, qL[:subset], rL, 1000),
