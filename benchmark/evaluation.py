@@ -1,22 +1,42 @@
 """From adversarial query codes to metric rows: mAP, t-MAP, tie-aware variants, P@N and PR curves.
 
+Every metric is read from one counting pass per query (``benchmark.scoring``), at every cut-off at once.
 The conventions that change numbers are explicit (``EvaluationConventions``) and recorded on every row.
+
+Cut-offs: ``cutoffs[0]`` is the dataset's own (its AP is kept per query), the others are extra; None is
+the whole database. Repeats are dropped. A cut-off at or beyond the database size is clipped: it scores
+the whole database (AP over min(k, N) items, as the papers' code slices) and keeps the label it was asked
+under, so the rows a grid writes do not depend on the database size.
 """
 from __future__ import annotations
 
+import math
+import numbers
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from benchmark import metrics, search
+from benchmark import metrics, scoring, search
 
 PRECISION_AT = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 
 
 @dataclass(frozen=True)
 class EvaluationConventions:
-    backend: str = "torch"                 # "torch" (exact kernel) or "faiss" (IndexBinaryFlat); same rankings
-    zero_relevant: str = "count_as_zero"   # a query with no relevant item in the top k: AP 0 ("exclude": skipped)
+    """``backend``: "torch", the counting kernel (numba on a CPU, torch on a GPU); "faiss", FAISS's
+    ``IndexBinaryFlat`` ranks the whole database and the metrics are read off its ranked lists (an
+    independent check of the kernel, several times slower). Both give the same rankings and numbers.
+    ``zero_relevant``: a query with no relevant item in the top k has AP 0 ("count_as_zero") or is left out
+    of the mean ("exclude")."""
+
+    backend: str = "torch"
+    zero_relevant: str = "count_as_zero"
+
+    def __post_init__(self):
+        if self.backend not in search.BACKENDS:
+            raise ValueError(f"unknown search backend {self.backend!r}; accepted: {', '.join(search.BACKENDS)}")
+        metrics._check_zero_relevant(self.zero_relevant)
 
     def as_dict(self) -> dict[str, str]:
         return {"search_backend": self.backend, "zero_relevant": self.zero_relevant, "tie_rule": search.TIE_RULE,
@@ -30,78 +50,72 @@ class Evaluation:
 
 
 def mean(values: torch.Tensor) -> float:
-    return float(torch.nanmean(values.double())) if len(values) else float("nan")
+    return float(torch.nanmean(values.double())) if len(values) else math.nan
 
 
-def has_relevant(labels: torch.Tensor, database_labels: torch.Tensor) -> torch.Tensor:
-    """(Q,) bool: the query shares a label with at least one database item."""
-    return labels @ database_labels.sum(0) > 0
-
-
-def normalise_cutoffs(cutoffs, n_database: int) -> tuple[int | None, ...]:
-    """Cut-offs in order, the first being the dataset's own; None (the whole database) for k >= N; no repeats."""
-    out = []
+def distinct_cutoffs(cutoffs: Sequence[int | None] | int | None) -> list[int | None]:
+    """``cutoffs`` without repeats, in order (a lone int or None is the one cut-off); raises ValueError unless
+    each is a positive int or None."""
+    if cutoffs is None or isinstance(cutoffs, numbers.Integral):
+        cutoffs = [cutoffs]
+    if isinstance(cutoffs, str) or not isinstance(cutoffs, Sequence) or not len(cutoffs):
+        raise ValueError(f"cutoffs must be a non-empty sequence of positive ints or None; got {cutoffs!r}")
     for k in cutoffs:
-        k = None if k is None or k <= 0 or k >= n_database else int(k)
-        if k not in out:
-            out.append(k)
-    return tuple(out)
+        search.check_k(k)
+    return list(dict.fromkeys(None if k is None else int(k) for k in cutoffs))
 
 
 def evaluate_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, query_labels: torch.Tensor,
-                     target_labels: torch.Tensor | None, database_labels: torch.Tensor, cutoffs,
-                     conventions: EvaluationConventions, curves: bool = True) -> Evaluation:
-    """Score ``query_codes`` against the true labels (mAP) and the target labels (t-MAP) at each cut-off.
+                     target_labels: torch.Tensor | None, database_labels: torch.Tensor,
+                     cutoffs: Sequence[int | None] | int | None, conventions: EvaluationConventions,
+                     curves: bool = True) -> Evaluation:
+    """Score ``query_codes`` against the true labels (mAP) and, when given, the target labels (t-MAP).
 
-    ``cutoffs[0]`` is the dataset's own cut-off (None = the whole database); ``per_query`` holds the APs at
-    it. The database is ranked once per query batch (ties by database index) and every metric is read off
-    that ranking, so memory stays at one (B, N) ranking whatever the number of queries.
+    Rows, for each cut-off k (``topk`` = k, 0 for the whole database): ``map``, ``map_tie_aware`` and, with
+    target labels, ``tmap``, ``tmap_tie_aware``. With ``curves``: ``precision_at`` (``topk`` = N, for the N
+    in ``PRECISION_AT`` up to the database size) and ``pr_precision`` (``recall`` = 1/20 ... 1; averaged over
+    the queries with a relevant item, absent when none has one), and their ``t`` twins. ``per_query``:
+    float64 (Q,) ``ap`` (and ``tap``) at ``cutoffs[0]``, on the CPU.
     """
-    cutoffs = normalise_cutoffs(cutoffs, len(database_codes))
+    cutoffs = distinct_cutoffs(cutoffs)
+    n_database = len(database_codes)
+    if n_database == 0:
+        raise ValueError("the database is empty: there is nothing to rank")
+    labelings = {"": query_labels} if target_labels is None else {"": query_labels, "t": target_labels}
+    ns = [n for n in PRECISION_AT if n <= n_database] if curves else []
+    levels = metrics.RECALL_LEVELS if curves else 0
+    scores = scoring.score_queries(query_codes, database_codes, list(labelings.values()), database_labels,
+                                   [k or n_database for k in cutoffs], ns, levels, conventions.zero_relevant,
+                                   order="faiss" if conventions.backend == "faiss" else "auto")
+    scores = dict(zip(labelings, scores))
     result = Evaluation()
-    labelings = {"": query_labels.to(database_labels.device)}
-    if target_labels is not None:
-        labelings["t"] = target_labels.to(database_labels.device)
-    ap = {(prefix, k): [] for prefix in labelings for k in cutoffs}
-    precision = {prefix: torch.zeros(len(PRECISION_AT), dtype=torch.float64) for prefix in labelings}
-    pr_sum = {prefix: 0.0 for prefix in labelings}
-    pr_count = {prefix: 0 for prefix in labelings}
-    levels = None
-    step = search.query_batch_size(len(database_codes))
-    for start in range(0, len(query_codes), step):
-        ranked, _ = search.rank(query_codes[start:start + step], database_codes, None, backend=conventions.backend)
-        for prefix, labels in labelings.items():
-            batch = labels[start:start + step]
-            for k in cutoffs:
-                top = ranked if k is None else ranked[:, :k]
-                ap[prefix, k].append(metrics.average_precision_at_k(top, batch, database_labels,
-                                                                    zero_relevant=conventions.zero_relevant).cpu())
-            if not curves:
-                continue
-            at_n = metrics.precision_at_n(ranked, batch, database_labels, list(PRECISION_AT))
-            precision[prefix] += torch.tensor([at_n[n] for n in PRECISION_AT], dtype=torch.float64) * len(batch)
-            valid = int(has_relevant(batch, database_labels).sum())
-            if valid:
-                levels, curve = metrics.precision_recall_curve(ranked, batch, database_labels)
-                pr_sum[prefix] = pr_sum[prefix] + curve.cpu() * valid
-                pr_count[prefix] += valid
-    for prefix, labels in labelings.items():
-        counts, relevant_counts = metrics.distance_histograms(query_codes, database_codes, labels, database_labels)
-        for k in cutoffs:
-            per_query = torch.cat(ap[prefix, k])
-            tie_aware = metrics.expected_average_precision(counts, relevant_counts, k,
-                                                           zero_relevant=conventions.zero_relevant)
-            if k == cutoffs[0]:
-                result.per_query[f"{prefix}ap"] = per_query
+    for prefix, score in scores.items():
+        result.per_query[f"{prefix}ap"] = score.average_precision[:, 0].cpu()
+    for column, k in enumerate(cutoffs):
+        for prefix, score in scores.items():
             result.rows += [
-                {"metric": f"{prefix}map", "topk": k or 0, "value": mean(per_query)},
-                {"metric": f"{prefix}map_tie_aware", "topk": k or 0, "value": mean(tie_aware)},
+                {"metric": f"{prefix}map", "topk": k or 0, "value": mean(score.average_precision[:, column])},
+                {"metric": f"{prefix}map_tie_aware", "topk": k or 0,
+                 "value": mean(score.expected_average_precision[:, column])},
             ]
-        if not curves:
-            continue
-        for n, total in zip(PRECISION_AT, precision[prefix] / len(query_codes)):
-            result.rows.append({"metric": f"{prefix}precision_at", "topk": n, "value": float(total)})
-        if pr_count[prefix]:
-            for level, value in zip(levels, pr_sum[prefix] / pr_count[prefix]):
-                result.rows.append({"metric": f"{prefix}pr_precision", "recall": float(level), "value": float(value)})
+    if curves:
+        for prefix, score in scores.items():
+            result.rows += curve_rows(prefix, score, ns)
     return result
+
+
+def curve_rows(prefix: str, score: scoring.QueryScores, ns: list[int]) -> list[dict]:
+    """``precision_at`` rows (mean over queries of relevant-in-top-N / N) and ``pr_precision`` rows."""
+    rows = []
+    n_query = len(score.relevant_at)
+    found = score.relevant_at.sum(0).tolist()  # exact integer totals
+    for n, total in zip(ns, found):
+        rows.append({"metric": f"{prefix}precision_at", "topk": n, "value": total / (n_query * n) if n_query
+                     else math.nan})
+    counted = score.pr_precision[:, :1].isfinite().squeeze(1)  # the queries with a relevant item
+    if counted.any():
+        levels = score.pr_precision.shape[1]
+        curve = score.pr_precision[counted].sum(0) / int(counted.sum())
+        for level, value in enumerate(curve.tolist(), start=1):
+            rows.append({"metric": f"{prefix}pr_precision", "recall": level / levels, "value": value})
+    return rows

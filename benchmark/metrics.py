@@ -32,7 +32,7 @@ RECALL_LEVELS = 20  # precision_recall_curve's levels: 1/20, 2/20, ..., 1
 
 _GATHER_ELEMENTS = 1 << 24  # a batch's (B, k, C) gathered labels hold about this many elements
 _DENSE_ELEMENTS = 1 << 24   # a batch's (B, N) arrays hold about this many elements
-_TIE_AWARE_ROWS = 1024      # queries per step of the expected AP: its (rows, k + 1) hypergeometric table
+_TIE_AWARE_ROWS = 1024      # queries per step of the expected AP: its (rows, X) hypergeometric table
 
 
 def _check_zero_relevant(zero_relevant: str) -> None:
@@ -165,14 +165,24 @@ def distance_histograms(query_codes: torch.Tensor, database_codes: torch.Tensor,
     return counts, relevant_counts
 
 
-def _log_binomial(n: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-    """log C(n, r) for 0 <= r <= n (float64; other entries are garbage, mask them)."""
-    return torch.lgamma(n + 1) - torch.lgamma(r + 1) - torch.lgamma((n - r).clamp(min=0) + 1)
+_DIRECT_TERMS = 32  # harmonic sums: up to this many leading terms are added one by one
 
 
 def _harmonic_difference(start: torch.Tensor, stop: torch.Tensor) -> torch.Tensor:
-    """H_stop - H_start = sum_{i=start+1..stop} 1 / i, float64."""
-    return torch.special.digamma(stop + 1) - torch.special.digamma(start + 1)
+    """H_stop - H_start = sum_{i=start+1..stop} 1 / i for integers 0 <= start <= stop (float64), to rounding.
+
+    A difference of digamma values cancels (up to ~1e-13 relative for long, far ranges), so ranges of up to
+    32 terms and terms below 33 are added one by one, and the rest takes the asymptotic series of H_n (to
+    n**-8; error below 1e-17) differenced term by term, with its logarithm as log1p.
+    """
+    start, stop = torch.broadcast_tensors(start.double(), stop.double())
+    direct = torch.where(stop - start <= _DIRECT_TERMS, stop - start, (_DIRECT_TERMS - start).clamp(min=0))
+    terms = start.unsqueeze(-1) + 1 + torch.arange(_DIRECT_TERMS, dtype=torch.float64, device=start.device)
+    total = torch.where(terms <= (start + direct).unsqueeze(-1), 1 / terms, 0.0).sum(-1)
+    a, b = (start + direct).clamp(min=1), stop.clamp(min=1)
+    series = (torch.log1p((b - a) / a) + (1 / b - 1 / a) / 2 - (1 / b ** 2 - 1 / a ** 2) / 12
+              + (1 / b ** 4 - 1 / a ** 4) / 120 - (1 / b ** 6 - 1 / a ** 6) / 252 + (1 / b ** 8 - 1 / a ** 8) / 240)
+    return total + torch.where(start + direct < stop, series, 0.0)
 
 
 def _expected_group_precision(before: torch.Tensor, slots: torch.Tensor, hits: torch.Tensor,
@@ -232,20 +242,33 @@ def _expected_average_precision(counts: torch.Tensor, relevant_counts: torch.Ten
     q = torch.where(has_cut, relevant_counts.gather(1, group), 0.0)
     m = torch.where(has_cut, before.gather(1, group), 0.0)
     t = torch.where(has_cut, kept - m, 0.0)
-    top = int(torch.minimum(q, t).max()) if len(q) else 0
-    x = torch.arange(top + 1, dtype=torch.float64, device=counts.device).unsqueeze(0)  # (1, X)
-    possible = (x <= q) & (x <= t) & (t - x <= g - q)
-    log_pmf = _log_binomial(q, x) + _log_binomial(g - q, t - x) - _log_binomial(g, t)
-    pmf = torch.where(possible, torch.exp(torch.where(possible, log_pmf, 0.0)), 0.0)
-    pmf = pmf / pmf.sum(1, keepdim=True)
-    block = _expected_group_precision(m.expand_as(pmf), t.expand_as(pmf), x.expand_as(pmf), found.expand_as(pmf))
+    # X = relevant items among the t boundary items taken: hypergeometric on low..high. Its pmf up to a constant
+    # is exp of the summed log ratios P(x + 1) / P(x) = (q - x)(t - x) / ((x + 1)(g - q - t + x + 1)), each a
+    # ratio of integers exact in float64 (no log-gamma of large arguments, whose rounding is larger)
+    low = (t - (g - q)).clamp(min=0)
+    high = torch.minimum(q, t)
+    width = int((high - low).max()) + 1 if len(q) else 1
+    x = low + torch.arange(width, dtype=torch.float64, device=counts.device)  # (rows, width)
+    possible = x <= high
+    steps = torch.log((q - x) * (t - x)) - torch.log((x + 1) * (g - q - t + x + 1))
+    log_weight = torch.cat([torch.zeros_like(low), steps[:, :-1]], 1).cumsum(1)
+    log_weight = torch.where(possible, log_weight, -math.inf)
+    weight = torch.exp(log_weight - log_weight.max(1, keepdim=True).values)
+    pmf = weight / weight.sum(1, keepdim=True)
+    # the boundary block's expected precision sum given x (``_expected_group_precision`` with hits = x):
+    # its harmonic sums depend on the row only
+    inverse = _harmonic_difference(m, m + t)
+    ramp = t - (m + 1) * inverse
+    spread = torch.where(t > 1, (x - 1) / (t - 1).clamp(min=1), 0.0)
+    block = torch.where((t > 0) & (x > 0), x / t.clamp(min=1) * ((found + 1) * inverse + spread * ramp), 0.0)
     denominator = found + x
     value = torch.where(denominator > 0, (precision_sum + block) / denominator.clamp(min=1), 0.0)
     expected = (pmf * value).sum(1)
     if zero_relevant == "count_as_zero":
         return expected
     reachable = ((found > 0) | ((q > 0) & (t > 0))).squeeze(1)
-    p_some_relevant = 1 - torch.where(found > 0, 0.0, pmf[:, :1]).squeeze(1)
+    p_none = torch.where((found == 0) & (low == 0), pmf[:, :1], 0.0)  # P(R_k = 0): none closer and X = 0
+    p_some_relevant = 1 - p_none.squeeze(1)
     return torch.where(reachable, expected / p_some_relevant.clamp(min=1e-300), math.nan)
 
 

@@ -31,7 +31,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 TRAINING_CODE = ("data", "lists", "model", "hashing", "defense", "victims", "layers", "prototype", "centers")
 ATTACK_CODE = ("attack", "attacking", "centers", "prototype")
 TARGET_CODE = ("targets",)
-EVALUATION_CODE = ("evaluation", "metrics", "search", "flags", "cell")
+EVALUATION_CODE = ("evaluation", "scoring", "metrics", "search", "flags", "cell")
 EXTRA_CUTOFFS = (None, 1000, 5000)  # besides the dataset's own: the papers' cut-offs (whole database, 1000, 5000)
 
 
