@@ -13,8 +13,8 @@ Matching a reference row to measured points (status ok, current code: stale runs
   second architecture of a transfer table (``STAND_IN_OTHER_BACKBONE``; ``:scratch`` suffixes aside);
 * the same dataset, or its CPU-sized stand-in (``STAND_IN``: the FashionMNIST mosaics for the multi-label
   sets, FashionMNIST for the single-label ones), which is never like-for-like;
-* attack: the plugin of the row's name, or of its alias (ProS-GAN's "DHTA + FGSM" is ``dhta`` with one
-  iteration); ``task`` c2c/c2a/a2c/a2a is the cell's ``scenario`` (an empty task a2c; clean queries match
+* attack: the plugin of the row's name (ProS-GAN's "DHTA + FGSM" and "+ I-FGSM" are the ``fgsm_dhta``
+  and ``ifgsm_dhta`` plugins, HAG* is ``hag_star``); ``task`` c2c/c2a/a2c/a2a is the cell's ``scenario`` (an empty task a2c; clean queries match
   any scenario); ``iter=N`` requires the point at N iterations (N = 0: the clean cell); PPL's
   ``train_data`` clean/adversarial is the cell's ``train_data`` clean/protected;
 * transfer tables (``source=S,target=T``): S = none is the clean cell, S = T the white-box cell, another
@@ -145,9 +145,13 @@ CONVENTIONS: dict[str, Conventions] = {
         target_rule=None,
         epsilon={"hag": Said(0.039, "Sec. IV-C: 0.039 for images in [0, 1]"),
                  "hag_star": Said(0.039, "Sec. IV-C")},
-        schedule={"hag": {"iterations": Said(2000, "Sec. IV-C"), "lr": Said(500.0, "Sec. IV-C: SGD, learning rate 500"),
-                          "momentum": Said(0.9, "Sec. IV-C"), "continuation": Said(True, "Sec. IV-C alpha schedule"),
-                          "threshold": Said(0.5, "Sec. IV-F: t = 0.5")}},
+        schedule={"hag": {"iterations": Said(2000, "Sec. IV-C"),
+                          "learning_rate": Said(500 / 255 ** 2, "Sec. IV-C: SGD, learning rate 500 on [0, 255] "
+                                                                 "pixels, 500/255² on [0, 1]"),
+                          "momentum": Said(0.9, "Sec. IV-C"), "threshold": Said(0.5, "Sec. IV-F: t = 0.5")},
+                  "hag_star": {"iterations": Said(2000, "Sec. IV-C"),
+                               "learning_rate": Said(500 / 255 ** 2, "Sec. IV-C, as HAG"),
+                               "momentum": Said(0.9, "Sec. IV-C")}},
         victim={"optimizer": Said("sgd", "Sec. IV-C: mini-batch SGD with momentum"),
                 "momentum": Said(0.9, "Sec. IV-C"), "batch_size": Said(24, "Sec. IV-C"),
                 "lr": Said(0.001, "Sec. IV-C: fixed at 0.001")},
@@ -156,7 +160,6 @@ CONVENTIONS: dict[str, Conventions] = {
         models={"DPH-VGG16": ("dph", "vgg16", 32), "DPH-VGG16*": ("dph", "vgg16", 64),
                 "DPH-VGG19": ("dph", "vgg19", 32), "DPH-VGG19*": ("dph", "vgg19", 64),
                 "HashNet-ResNet50": ("hashnet", "resnet50", 32), "HashNet-ResNet50*": ("hashnet", "resnet50", 64)},
-        aliases={"hag_star": ("hag", {"continuation": False})},
         silent=("victim training epochs", "zero-relevant rule"),
     ),
     "prosgan": Conventions(
@@ -182,12 +185,12 @@ CONVENTIONS: dict[str, Conventions] = {
                                                 "gradient (spec 3.3)")},
             "p2p": {"iterations": Said(2000, "Sec. 4.2: settings same as [2]"),
                     "step_rule": assumed("l2", "settings 'same as [2]' (spec 3.3)")},
-            "fgsm_dhta": {"step_rule": Said("sign", "Table 2 caption: FGSM"), "step_size": Said(E8, "FGSM step = ε")},
-            "ifgsm_dhta": {"step_rule": Said("sign", "Table 2 caption: I-FGSM"),
+            "ifgsm_dhta": {"iterations": Said(100, "Table 2: I-FGSM, 100 iterations"),
                            "step_size": Said(1 / 255, "Table 2 caption: step 1/255")},
             "prosgan": {"reconstruction_weight": Said({"flickr25k": 100.0, "nuswide": 50.0, "mscoco": 50.0},
                                                       "Sec. 4.2: α = 100 FLICKR-25K, 50 NUS-WIDE and MS-COCO"),
-                        "epochs": Said(100, "Sec. 4.2"), "batch_size": Said(24, "Sec. 4.2"),
+                        "epochs": Said(50, "Sec. 4.2: 100 epochs (its code: 50 at the full rate, then 50 decaying)"),
+                        "decay_epochs": Said(50, "Sec. 4.2 with its code"), "batch_size": Said(24, "Sec. 4.2"),
                         "lr": Said(1e-4, "Sec. 4.2: Adam 1e-4")},
         },
         victim={},
@@ -196,7 +199,6 @@ CONVENTIONS: dict[str, Conventions] = {
         models={"H-AlexNet": ("dpsh", "alexnet", 12), "H-AlexNet*": ("dpsh", "alexnet", 32),
                 "H-VGG11": ("dpsh", "vgg11", 12), "H-VGG11*": ("dpsh", "vgg11", 32),
                 "H-ResNet18": ("dpsh", "resnet18", 12), "H-ResNet18*": ("dpsh", "resnet18", 32)},
-        aliases={"fgsm_dhta": ("dhta", {"iterations": 1}), "ifgsm_dhta": ("dhta", {"iterations": 100})},
         silent=("victim training recipe (only: DPSH objective, VGG-11)", "zero-relevant rule",
                 "how ProS-GAN's running time was measured (TITAN RTX; wall clock)"),
     ),
@@ -249,7 +251,8 @@ CONVENTIONS: dict[str, Conventions] = {
                                              "Implementation Details: iterations 500, 500, 1000"),
                           "batch_size": Said({"fashion_mnist": 512, "cifar10": 32, "imagenet13": 32},
                                              "Implementation Details: batch sizes 32, 32, 512"),
-                          "lr": Said(1e-4, "Implementation Details: generator 1e-4")}},
+                          "lr_generator": Said(1e-4, "Implementation Details: generator 1e-4"),
+                          "lr_surrogate": Said(1e-3, "Implementation Details: retrieval model 1e-3")}},
         victim={},
         pretrained=None,
         default_backbone={"fashion_mnist": "smallcnn", "cifar10": "resnet50", "imagenet13": "resnet50"},

@@ -151,16 +151,18 @@ def test_timing_rows_are_never_like_for_like_and_show_device_and_batch(tmp_path)
     assert m["lfl"], m["title"]  # the same cell's t-MAP is like-for-like: every convention matches
 
 
-def test_fgsm_alias_is_dhta_with_one_iteration(tmp_path):
-    nus = {"dataset": "nuswide", "dataset_label": "nuswide", "backbone": "vgg11", "bits": 32, "attack": "dhta",
-           "epsilon": 8 / 255, "targeted": True}
-    rows = cell_rows({"tmap": (0.66, 0)}, **nus, attack_label="dhta[iterations=1]",
-                     attack_params=json.dumps({"iterations": 1, "step_rule": "sign", "step_size": 8 / 255}))
-    rows += cell_rows({"tmap": (0.75, 0)}, **nus, attack_label="dhta", attack_params=json.dumps({"iterations": 2000}))
-    m = matched(tmp_path, rows, paper="prosgan", table="2", dataset="nuswide", attack="fgsm_dhta", metric="tmap")
-    assert m["text"] == "0.6600"
-    m = matched(tmp_path, rows, paper="prosgan", table="2", dataset="nuswide", attack="dhta", metric="tmap")
-    assert m["text"] == "0.7500"
+def test_fgsm_and_ifgsm_rows_match_their_own_plugins_not_dhta(tmp_path):
+    nus = {"dataset": "nuswide", "dataset_label": "nuswide", "backbone": "vgg11", "bits": 32, "epsilon": 8 / 255,
+           "targeted": True}
+    rows = cell_rows({"tmap": (0.66, 0)}, **nus, attack="fgsm_dhta", attack_label="fgsm_dhta",
+                     attack_params=json.dumps({"n_anchors": 9, "alpha": 0.1}))
+    rows += cell_rows({"tmap": (0.70, 0)}, **nus, attack="ifgsm_dhta", attack_label="ifgsm_dhta",
+                      attack_params=json.dumps({"iterations": 100, "step_size": 1 / 255}))
+    rows += cell_rows({"tmap": (0.75, 0)}, **nus, attack="dhta", attack_label="dhta",
+                      attack_params=json.dumps({"iterations": 2000}))
+    for attack, text in (("fgsm_dhta", "0.6600"), ("ifgsm_dhta", "0.7000"), ("dhta", "0.7500")):
+        m = matched(tmp_path, rows, paper="prosgan", table="2", dataset="nuswide", attack=attack, metric="tmap")
+        assert m["text"] == text, attack
 
 
 def test_plugin_label_counts_agree_with_the_dataset_plugins(registry):
