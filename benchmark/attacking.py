@@ -24,9 +24,9 @@ class AttackOutcome:
     codes: dict[int, torch.Tensor]            # {iterations: (Q, K) adversarial codes}; the largest is final
     target_codes: dict[str, torch.Tensor]     # {"anchor_code": (Q, K)} codes the attack aimed at
     perturbation: dict[str, float]            # of the final images: perceptibility, linf, linf_mean, l2, violations
-    snapshot_perturbation: dict[int, dict[str, float]] = field(default_factory=dict)  # the same at each snapshot
     seconds: float                            # in perturb, all queries
     gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)} of ``keep``
+    snapshot_perturbation: dict[int, dict[str, float]] = field(default_factory=dict)  # the same, earlier snapshots
 
     @property
     def final_iterations(self) -> int:
