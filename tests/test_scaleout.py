@@ -44,7 +44,7 @@ def bench_args(work: Path, grid: Path, *extra: str) -> list[str]:
             "--cache", str(work / "cache"), "--threads", "1", "--no-leaderboard", *extra]
 
 
-TIMINGS = ("seconds_per_image", "prepare_seconds")
+TIMINGS = ("seconds_per_image", "prepare_seconds", "score_seconds")
 
 
 def values(results: Path) -> pd.Series:
