@@ -188,6 +188,12 @@ def check_params(params: dict, registry: Registry) -> None:
             plugin.configure(values)  # raises on unknown names, bad types and values out of range
 
 
+def is_itself(cell: dict) -> bool:
+    """Whether the cell's surrogate names its own victim (a white-box cell spelled as a transfer one)."""
+    own = f"{cell['hashing']}/{cell['backbone']}/{cell['bits']}"
+    return cell["surrogate"] == own and cell["defense"] == "none" and cell["train_data"] == "clean"
+
+
 def check_cell(cell: dict, registry: Registry, params: dict) -> None:
     """Refuse combinations that cannot be computed honestly, before any work."""
     protects = registry.get("defenses", cell["defense"]).protects
@@ -231,9 +237,11 @@ def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = No
             cell = dict(zip(AXES, values))
             check_cell(cell, registry, params)
             if not registry.get("attacks", cell["attack"]).perturbs:
-                cell["epsilon"] = 0.0
+                cell["epsilon"], cell["surrogate"] = 0.0, "self"  # clean queries: no budget, nothing crafts them
             elif not bounded[cell["attack"]]:
                 cell["epsilon"] = None
+            if is_itself(cell):
+                cell["surrogate"] = "self"
             cells.append(Cell(**cell, params_json=json.dumps(params, sort_keys=True)))
     cells = list(dict.fromkeys(cells))  # an identity or unbounded attack collapses its epsilon axis
     if filters:
