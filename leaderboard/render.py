@@ -256,6 +256,39 @@ def curve_sections(df: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
             trained = "" if victim[5] == "clean" else f" · trained on {victim[5]} data"
             sections.append({"title": f"{victim[0]} · {victim[1]} · {victim[2]} · {victim[3]} bits · "
                                       f"defense {victim[4]}{trained}", "charts": charts})
+    return sections + defense_sweep_sections(ok)
+
+
+def defense_sweep_sections(cells: pd.DataFrame) -> list[dict]:
+    """mAP against a defense's parameter where clean-query cells vary it (PPL's generator ε, Fig. 6; its share
+    of protected database items, Fig. 5): one line per (scenario, training data), per victim."""
+    groups: dict = {}
+    for c in cells[(cells["attack"] == "none") & (cells["defense"] != "none")].to_dict("records"):
+        if isnum(c["map"]):
+            key = (c["dataset_label"], c["hashing_label"], c["backbone"], c["bits"], c["defense"])
+            groups.setdefault(key, []).append(c)
+    sections = []
+    for key, recs in sorted(groups.items()):
+        params = [store.json_dict(c["defense_params"]) for c in recs]
+        varying = sorted(k for k in set().union(*params)
+                         if len({json.dumps(p.get(k)) for p in params}) > 1
+                         and all(isinstance(p.get(k), (int, float)) and not isinstance(p.get(k), bool) for p in params))
+        charts = []
+        for name in varying:
+            lines: dict = {}
+            for c, p in zip(recs, params):
+                same_otherwise = json.dumps({k: v for k, v in p.items() if k != name}, sort_keys=True)
+                lines.setdefault((c["scenario"], c["train_data"], same_otherwise), {}).setdefault(
+                    float(p[name]), []).append(c["map"])
+            series = [{"label": scenario + ("" if trained == "clean" else f", trained on {trained} data"),
+                       "points": [(x, float(np.mean(v))) for x, v in points.items()]}
+                      for (scenario, trained, _), points in sorted(lines.items()) if len(points) >= 2]
+            if series:
+                charts.append(_chart(f"mAP against the {key[4]} defense's {name}", series, name, "mAP",
+                                     xlog=False))
+        if charts:
+            sections.append({"title": f"{key[0]} · {key[1]} · {key[2]} · {key[3]} bits · {key[4]} sweeps",
+                             "charts": charts})
     return sections
 
 

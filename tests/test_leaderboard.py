@@ -230,3 +230,18 @@ def test_command_line(tmp_path):
     done = subprocess.run([sys.executable, "-m", "leaderboard.render", "--results", str(results), "--out",
                            str(tmp_path / "site"), "--strict"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and "bad.parquet" in done.stderr
+
+
+def test_curves_plot_map_against_a_swept_protection_parameter(tmp_path):
+    """PPL's Fig. 6: mAP against the generator's epsilon, one line per scenario (Fig. 5: the database share)."""
+    rows = []
+    for eps, drop in ((0.1, 0.1), (0.2, 0.3), (0.3, 0.5)):
+        params = json.dumps({"epsilon": eps, "database_share": 1.0})
+        for scenario, value in (("c2c", 0.9), ("c2a", 0.9 - drop)):
+            rows += cell_rows({"map": value}, hashing="dsdh", hashing_label="dsdh", defense="ppl",
+                              defense_label=f"ppl[epsilon={eps}]", defense_params=params, scenario=scenario,
+                              cell_key=f"ppl-{eps}-{scenario}")
+    html = (render(write_store(tmp_path, rows), tmp_path / "site").parent / "curves.html").read_text()
+    assert "mAP against the ppl defense&#39;s epsilon" in html or "mAP against the ppl defense's epsilon" in html
+    assert "database_share" not in html.split("sweeps")[-1].split("</section>")[0]  # only the swept parameter
+    assert re.search(r"c2a", html)
