@@ -91,14 +91,17 @@ def test_a_ray_cluster_gives_the_local_numbers_and_survives_a_killed_worker(tmp_
         grid = write_grid(tmp_path / "grid.toml", GRID)
         run = subprocess.Popen(bench_args(tmp_path, grid, "--executor", "ray", "--address", cluster.address),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=os.environ.copy())
-        killed = None
+        killed, seen = None, {}
         deadline = time.time() + 600
         while killed is None and run.poll() is None and time.time() < deadline:
-            held = claim_holders(tmp_path / "cache")
-            if held:
-                killed = next(iter(held.values()))
-                os.kill(killed, signal.SIGKILL)  # the Ray worker computing a cell
-            time.sleep(0.05)
+            for lock, pid in claim_holders(tmp_path / "cache").items():
+                if seen.get(lock, (None, 0))[0] != pid:
+                    seen[lock] = (pid, time.time())
+                elif time.time() - seen[lock][1] > 2:  # well inside the cell, its start long reported
+                    killed = pid
+                    os.kill(killed, signal.SIGKILL)  # the Ray worker computing that cell
+                    break
+            time.sleep(0.1)
         stdout, stderr = run.communicate(timeout=900)
     finally:
         cluster.shutdown()
@@ -106,9 +109,12 @@ def test_a_ray_cluster_gives_the_local_numbers_and_survives_a_killed_worker(tmp_
     assert run.returncode == 0, stderr[-3000:]
     measured = values(tmp_path / "results")
     pd.testing.assert_series_equal(measured, local_reference)  # bit for bit: same plans and seeds, one thread each
-    started = re.findall(r"\] (.+?) \(on (\S+)\)", stderr)
-    assert len({where for _, where in started}) >= 2  # the cells ran in more than one worker process
-    assert len(started) > len(set(c for c, _ in started))  # the killed cell was started again
+    started = re.findall(r"\] (.+?) \(on (\S+):(\d+)\)", stderr)
+    assert len({pid for _, _, pid in started}) >= 2  # the cells ran in more than one worker process
+    interrupted = [cell for cell, _, pid in started if int(pid) == killed]
+    assert interrupted, "the killed worker was computing a cell"
+    again = [pid for cell, _, pid in started if cell == interrupted[-1] and int(pid) != killed]
+    assert again, "the interrupted cell was computed again by another worker"
     assert "6 cells computed, 0 from the cache, 0 failed" in stderr
 
 
