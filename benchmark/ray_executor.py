@@ -113,19 +113,7 @@ def run_on_ray(runner, cells, address: str | None = None, threads: int = 0) -> d
     runner.prepare_folders()
     progress = Progress(len(cells))
     counts = {"ran": 0, "cached": 0, "error": 0}
-    todo = []
-    for cell in cells:
-        try:
-            plan = runner.plan(cell)
-        except Exception as exc:
-            progress.cell_failed(cell, exc)
-            counts["error"] += 1
-            continue
-        if not runner.force and cell_done(runner.results_dir, plan.key):
-            progress.cell_cached(cell)
-            counts["cached"] += 1
-        else:
-            todo.append(plan)
+    todo = runner.pending(cells, progress, counts)
     started_here = not ray.is_initialized()
     if started_here:
         root = str(Path(__file__).resolve().parent.parent)

@@ -121,13 +121,9 @@ class Runner:
             for path in remove_dead_temporaries(folder):
                 log.info("removed %s, left by a write that was killed", path)
 
-    def run(self, cells: list[Cell]) -> dict[str, int]:
-        """Run every cell not already in the store; return counts of computed/cached/failed cells."""
-        self.prepare_folders()
-        progress = Progress(len(cells))
-        self.workspace.stage = progress.stage
-        counts = {"ran": 0, "cached": 0, "error": 0}
-        deferred: list[CellPlan] = []
+    def pending(self, cells: list[Cell], progress: Progress, counts: dict[str, int]) -> list[CellPlan]:
+        """The plans of the cells still to compute; the others are counted as cached (or failed to plan)."""
+        todo = []
         for cell in cells:
             try:
                 plan = self.plan(cell)
@@ -138,22 +134,37 @@ class Runner:
             if not self.force and cell_done(self.results_dir, plan.key):
                 progress.cell_cached(cell)
                 counts["cached"] += 1
-                continue
+            else:
+                todo.append(plan)
+        return todo
+
+    def run(self, cells: list[Cell]) -> dict[str, int]:
+        """Run every cell not already in the store; return counts of computed/cached/failed cells."""
+        self.prepare_folders()
+        progress = Progress(len(cells))
+        self.workspace.stage = progress.stage
+        counts = {"ran": 0, "cached": 0, "error": 0}
+        deferred: list[CellPlan] = []
+        for plan in self.pending(cells, progress, counts):
             with try_claim(self.cache_dir, "cells", plan.key) as mine:
                 if mine:
-                    self.compute(plan, progress, counts)
+                    self.compute_unless_done(plan, progress, counts)
                 else:
                     deferred.append(plan)
         for plan in deferred:  # claimed by another run when we came to it: wait for it, then take what it left
             with claim(self.cache_dir, "cells", plan.key,
                        wait=lambda: progress.stage(f"waiting for another run computing {plan.cell.describe()}")):
-                if not self.force and cell_done(self.results_dir, plan.key):
-                    progress.cell_cached(plan.cell)
-                    counts["cached"] += 1
-                else:
-                    self.compute(plan, progress, counts)
+                self.compute_unless_done(plan, progress, counts)
         progress.summary(counts, self.results_dir)
         return counts
+
+    def compute_unless_done(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
+        """With the cell's claim held: another run may have stored it since we planned; else compute it."""
+        if not self.force and cell_done(self.results_dir, plan.key):
+            progress.cell_cached(plan.cell)
+            counts["cached"] += 1
+        else:
+            self.compute(plan, progress, counts)
 
     def compute(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
         progress.cell_started(plan.cell)
