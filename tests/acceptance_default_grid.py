@@ -30,7 +30,8 @@ def default_grid() -> pd.DataFrame:
     table = pd.read_parquet(ROOT / "results")
     table = table[table.cell_key.isin(cell_keys)]  # results/ may hold other grids' cells too
     assert len(set(table.cell_key)) == len(cell_keys)
-    table = table[table.metric.isin(["map", "tmap"])].assign(eps255=lambda t: (t.epsilon * 255).round().astype(int))
+    table = table[table.metric.isin(["map", "tmap"]) & (table.topk == 0)]  # the dataset's cut-off: the whole database
+    table = table.assign(eps255=lambda t: (t.epsilon * 255).round().astype(int))
     return table.pivot_table(index=["bits", "attack", "eps255"], columns="metric", values="value")
 
 
