@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import importlib.util
 import logging
 import os
@@ -116,6 +117,23 @@ def list_stale(results: str) -> int:
     return 0
 
 
+def record_run(args, runner, cells, counts: dict, started: datetime.datetime) -> None:
+    """Append the run's manifest (what ran, where, how long) to ``<results>/_runs.jsonl`` (not a result file)."""
+    import json
+
+    import torch
+
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    manifest = {"command": " ".join(["bench.py", *sys.argv[1:]]), "grid": args.grid, "cells": len(cells),
+                **counts, "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "seconds": round((finished - started).total_seconds(), 1), "executor": args.executor,
+                "threads": torch.get_num_threads(), **{k: runner.environment[k] for k in
+                                                        ("device", "torch", "faiss", "python", "git_commit")}}
+    with open(Path(args.results) / "_runs.jsonl", "a") as log_file:
+        log_file.write(json.dumps(manifest) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
@@ -170,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.address and args.executor != "ray":
         print("bench.py: --address needs --executor ray", file=sys.stderr)
         return 2
+    started = datetime.datetime.now(datetime.timezone.utc)
     try:
         if args.executor == "ray":
             from benchmark.ray_executor import run_on_ray
@@ -177,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = run_on_ray(runner, cells, args.address, args.threads)
         else:
             counts = runner.run(cells)
+        record_run(args, runner, cells, counts, started)
     except KeyboardInterrupt:
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
