@@ -240,18 +240,14 @@ def curve_sections(df: pd.DataFrame, cells: pd.DataFrame) -> list[dict]:
                             key=lambda s: s["label"])
             if series and (not targeted_only or any(c["targeted"] for c in recs)):
                 charts.append(_chart(title, series, xlabel, ylabel, xlog=None if "precision_at" in metric else False))
-        for metric in ("map", "tmap"):
-            series = _epsilon_series([c for c in recs if metric == "map" or c["targeted"] or c["attack"] == "none"],
-                                     metric)
-            if series:
-                charts.append(_chart(f"{METRIC_HEADERS[metric]} against ε", series, "ε (×1/255)",
-                                     METRIC_HEADERS[metric], xlog=False, xmin=0.0))
-        for metric in ("map", "tmap"):
-            series = _iteration_series([c for c in recs if metric == "map" or c["targeted"] or c["attack"] == "none"],
-                                       metric)
-            if series:
-                charts.append(_chart(f"{METRIC_HEADERS[metric]} against iterations", series, "iterations",
-                                     METRIC_HEADERS[metric], xlog=False, xmin=0.0))
+        for series_of, against, xlabel in ((_epsilon_series, "ε", "ε (×1/255)"),
+                                           (_iteration_series, "iterations", "iterations")):
+            for metric in ("map", "tmap"):
+                series = series_of([c for c in recs if metric == "map" or c["targeted"] or c["attack"] == "none"],
+                                   metric)
+                if series:
+                    charts.append(_chart(f"{METRIC_HEADERS[metric]} against {against}", series, xlabel,
+                                         METRIC_HEADERS[metric], xlog=False, xmin=0.0))
         if charts:
             trained = "" if victim[5] == "clean" else f" · trained on {victim[5]} data"
             sections.append({"title": f"{victim[0]} · {victim[1]} · {victim[2]} · {victim[3]} bits · "
