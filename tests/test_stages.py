@@ -152,3 +152,19 @@ def test_a_defended_victim_starts_from_the_cached_victim_and_is_reused(tmp_path)
     assert calls == []  # both victims come from the cache
     table = pd.read_parquet(tmp_path / "results2")
     assert set(table["defense"]) == {"none", "cgat"} and not table["train_seconds"].isna().any()
+
+
+def test_a_transfer_cell_across_code_lengths_scores_the_aimed_code_in_the_surrogates_space(tmp_path):
+    """DHTA crafted on an 8-bit surrogate against a 16-bit victim (ProS-GAN Table 3, HAG Tables IV-VI): the
+    anchor code has the surrogate's 8 bits, so it is scored against the surrogate's database codes (it used to
+    be searched in the victim's 16-bit database: a 'code lengths differ' error row)."""
+    registry = Registry.discover()
+    transfer = ('attack = "dhta"\nepsilon = "16/255"\nsurrogate = "dpsh/smallcnn/8"\n'
+                '[block.params.attacks.dhta]\niterations = 5\n')
+    cells = tiny_cells(tmp_path, registry, transfer, queries=20)
+    assert [(c.bits, c.surrogate) for c in cells] == [(16, "dpsh/smallcnn/8")]
+    Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu").run(cells)
+    table = pd.read_parquet(tmp_path / "results")
+    assert set(table["status"]) == {"ok"}, table["error"].unique()
+    anchor = metric(table, "anchor_code_tmap")
+    assert len(anchor) > 0 and anchor.between(0, 1).all()
