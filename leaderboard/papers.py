@@ -16,7 +16,8 @@ Matching a reference row to measured points (status ok, current code: stale runs
 * attack: the plugin of the row's name (ProS-GAN's "DHTA + FGSM" and "+ I-FGSM" are the ``fgsm_dhta``
   and ``ifgsm_dhta`` plugins, HAG* is ``hag_star``); ``task`` c2c/c2a/a2c/a2a is the cell's ``scenario`` (an empty task a2c; clean queries match
   any scenario); ``iter=N`` requires the point at N iterations (N = 0: the clean cell); PPL's
-  ``train_data`` clean/adversarial is the cell's ``train_data`` clean/protected;
+  ``train_data`` clean/adversarial is the cell's ``train_data`` clean/protected, and its protection (a defense
+  plugin here) is read as the row's attack, its own ε and schedule compared (``as_in_the_papers``);
 * transfer tables (``source=S,target=T``): S = none is the clean cell, S = T the white-box cell, another
   S the cell crafted on ``surrogate`` = the paper's model S as ``hashing/backbone/bits`` (``MODELS``; on a
   stand-in dataset its backbone becomes the stand-in network). HAG's combined perturbations (r1+r2, ...)
@@ -54,6 +55,7 @@ FIELDS = ["dataset", "hashing", "backbone", "bits", "train_data", "defense", "at
 COLUMNS = ["paper", "table", *FIELDS[:-2], "metric", "value", "unit", "note"]
 TRAIN_DATA = {"clean": "clean", "adversarial": "protected", "": "clean"}
 ANY_SURROGATE_ATTACKS = {"ppl"}
+PROTECTIONS_IN_ATTACK_COLUMN = {"ppl"}  # defense plugins that a paper's table lists as the attack (as_in_the_papers)
 UNMATCHED_METRICS = {"iterations", "map_gain_vs_atrdh"}  # the paper's settings or derived numbers, not measurements
 TIMING_METRICS = {"seconds_per_image", "prepare_seconds", "score_seconds"}
 # the t-MAP of a target code itself: no perturbation, so no ε or schedule to compare
@@ -252,7 +254,9 @@ CONVENTIONS: dict[str, Conventions] = {
                           "batch_size": Said({"fashion_mnist": 512, "cifar10": 32, "imagenet13": 32},
                                              "Implementation Details: batch sizes 32, 32, 512"),
                           "lr_generator": Said(1e-4, "Implementation Details: generator 1e-4"),
-                          "lr_surrogate": Said(1e-3, "Implementation Details: retrieval model 1e-3")}},
+                          "lr_surrogate": Said(1e-3, "Implementation Details: retrieval model 1e-3"),
+                          "optimizer": Said("sgd", "Algorithm 1: SGD (no momentum or decay given)"),
+                          "loss_reduction": Said("sum", "Eq. 4, 9, 10 sum over the batch's pairs and items")}},
         victim={},
         pretrained=None,
         default_backbone={"fashion_mnist": "smallcnn", "cifar10": "resnet50", "imagenet13": "resnet50"},
@@ -281,6 +285,19 @@ def base_backbone(name: str) -> str:
     return name.split(":")[0]
 
 
+def as_in_the_papers(rec: dict) -> dict:
+    """A measured row as the papers' tables file it. A data protection (PPL) is on hashbench's defense axis,
+    but its paper lists it in the attack column, beside defense "none": a cell that releases protected
+    queries or database items, or whose model was trained on protected data, reads as attack PROTECTION; a
+    clean-trained C->C cell as a clean cell. ``protection`` keeps the plugin's name, so its own settings are
+    compared."""
+    if rec["defense"] not in PROTECTIONS_IN_ATTACK_COLUMN or rec["attack"] != "none":
+        return rec
+    involved = rec["scenario"] != "c2c" or rec["train_data"] == "protected"
+    return {**rec, "protection": rec["defense"], "defense": "none",
+            "attack": rec["defense"] if involved else "none"}
+
+
 def measured_index(df: pd.DataFrame, cells: pd.DataFrame | None = None) -> dict:
     """Scalar ok rows of current runs keyed by (dataset, hashing, bits, metric); each row a dict."""
     index: dict = defaultdict(list)
@@ -288,6 +305,7 @@ def measured_index(df: pd.DataFrame, cells: pd.DataFrame | None = None) -> dict:
     if not len(rows):
         return index
     for rec in rows.to_dict("records"):
+        rec = as_in_the_papers(rec)
         rec["backbone_base"] = base_backbone(rec["backbone"])
         index[(rec["dataset"], rec["hashing"], str(rec["bits"]), rec["metric"])].append(rec)
     return index
@@ -484,7 +502,9 @@ def differences(r: dict, m: dict, conv: Conventions) -> tuple[list[str], list[st
     if TARGET_METRIC.match(metric) or (m["targeted"] and m["attack"] != "none"):
         check("target rule", conv.target_rule, m["target_rule"])
     attack_name = r["attack"]
-    if m["attack"] != "none" and metric not in CODE_METRICS:
+    if m.get("protection") and m["attack"] != "none":
+        _protection_differences(m, conv, paper_dataset, check)
+    elif m["attack"] != "none" and metric not in CODE_METRICS:
         eps = conv.epsilon.get(attack_name)
         if eps is not None:
             paper_eps = eps.at(paper_dataset)
@@ -518,6 +538,20 @@ def differences(r: dict, m: dict, conv: Conventions) -> tuple[list[str], list[st
         differs.append(f"timing: measured on {m['device'] or 'an unrecorded device'} at batch size {m['batch_size']}; "
                        "the paper's hardware, batch size and data loading differ (never like-for-like)")
     return differs, assumed_used
+
+
+def _protection_differences(m: dict, conv: Conventions, paper_dataset: str, check) -> None:
+    """A protection's own settings (ε, schedule, surrogate code length) against its paper's: they shape the
+    released data, and so both the cells that search it and the models trained on it."""
+    name, params = m["protection"], json_dict(m["defense_params"])
+    eps = conv.epsilon.get(name)
+    if eps is not None:
+        check("protection ε", eps, params.get("epsilon", "not recorded"), fmt_epsilon(params.get("epsilon")),
+              fmt_epsilon(eps.at(paper_dataset)))
+    for key, said in conv.schedule.get(name, {}).items():
+        check(f"protection {key}", said, params.get(key, "not recorded"))
+    if name in conv.surrogate_bits:
+        check("protection surrogate code length", conv.surrogate_bits[name], params.get("surrogate_bits", "not recorded"))
 
 
 def match(r: dict, index: dict) -> dict | None:
@@ -568,9 +602,18 @@ def match(r: dict, index: dict) -> dict | None:
     if len(scored) > 1:
         title.append(f"{len(scored) - 1} other matching configuration(s) not shown, not averaged")
     return {"text": text, "title": " · ".join(title), "lfl": lfl, "flagged": bool(flags),
-            "eps": fmt_epsilon(m["epsilon"]) if m["attack"] != "none" else "",
+            "eps": _shown_epsilon(m),
             "context": f"{m['device'] or 'device?'} · batch {m['batch_size']}" if timing else "",
             "stand_in": bool(m["_stand_in"]), "differs": differs, "seeds": len(best)}
+
+
+def _shown_epsilon(m: dict) -> str:
+    """The budget beside a measured value: the attack's, or the protection's for a protection cell."""
+    if m["attack"] == "none":
+        return ""
+    if m.get("protection"):
+        return fmt_epsilon(json_dict(m["defense_params"]).get("epsilon"))
+    return fmt_epsilon(m["epsilon"])
 
 
 def why_unmatched(r: dict, index: dict) -> str:

@@ -146,11 +146,24 @@ def test_papers_iterations_units_and_transfer_diagonal(tmp_path):
     assert html.count(">0.7777") == 3  # Table 1 (32 bits), Table 2, Table 3 diagonal; no off-diagonal source
 
 
+PPL_AS_PUBLISHED = {"epsilon": 0.3, "iterations": 1000, "batch_size": 512, "lr_generator": 1e-4, "lr_surrogate": 1e-3,
+                    "optimizer": "sgd", "loss_reduction": "sum", "surrogate_bits": 8}
+
+
+def ppl_cell(metrics: dict, scenario: str, **params_and_cell) -> list[dict]:
+    """A PPL protection cell as the harness stores it: defense ppl, attack none, the scenario it releases."""
+    params = {**PPL_AS_PUBLISHED, **{k: v for k, v in params_and_cell.items() if k in PPL_AS_PUBLISHED}}
+    cell = {k: v for k, v in params_and_cell.items() if k not in PPL_AS_PUBLISHED}
+    protocol = {"n_query": 10_000, "n_train": 10_000, "n_database": 60_000}
+    return cell_rows(metrics, **{"hashing": "adsh", "hashing_label": "adsh", "bits": 8, "defense": "ppl",
+                                 "defense_label": "ppl", "defense_params": json.dumps(params), "scenario": scenario,
+                                 "cell_key": f"ppl-{scenario}-{json.dumps(params_and_cell, sort_keys=True)}",
+                                 **protocol, **cell})
+
+
 def test_papers_match_needs_the_same_scenario(tmp_path):
-    ppl = {"hashing": "adsh", "hashing_label": "adsh", "bits": 8, "attack": "ppl", "attack_label": "ppl",
-           "epsilon": 8 / 255, "surrogate": "dsdh/smallcnn/8"}
-    rows = cell_rows({"map": 0.6}, scenario="a2a", **ppl)  # PPL FashionMNIST ADSH 8 bits, clean-trained A->A
-    rows += cell_rows({"map": 0.7}, scenario="c2a", train_data="protected", **ppl)  # A-trained C->A
+    rows = ppl_cell({"map": 0.6}, "a2a")  # PPL FashionMNIST ADSH 8 bits, clean-trained A->A
+    rows += ppl_cell({"map": 0.7}, "c2a", train_data="protected")  # A-trained C->A
     rows += cell_rows({"map": 0.8}, hashing="adsh", hashing_label="adsh", bits=8)  # clean queries, default a2c
     html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
     for value in (">0.6000", ">0.7000", ">0.8000"):  # once on FashionMNIST, twice standing in (CIFAR-10, ImageNet)
@@ -164,6 +177,26 @@ def test_papers_match_needs_the_same_scenario(tmp_path):
                         r"<td>c2a</td><td class=\"v\"><span[^>]*>[\d.]+</span><span class=\"meas\"[^>]*>0\.7000", fm)
     clean_c2c = re.search(r"<span[^>]*>0\.8496</span><span class=\"meas\"[^>]*>0\.8000", fm)
     assert clean_a2a and adv_c2a and clean_c2c
+
+
+def test_a_ppl_cell_is_like_for_like_only_with_the_papers_protection_settings(tmp_path):
+    """PPL is a defense plugin (a protection), listed in its paper's attack column: its cells are matched to
+    those rows and ≡ only when the protection ran with the paper's ε, schedule, optimizer and surrogate."""
+    rows = ppl_cell({"map": 0.31}, "c2a")
+    rows += ppl_cell({"map": 0.52}, "a2c", optimizer="adam", loss_reduction="mean")  # hashbench's defaults
+    rows += ppl_cell({"map": 0.64}, "c2c", train_data="protected", epsilon=0.1)
+    html = page(render(write_store(tmp_path, rows, files=1), tmp_path / "site").parent, "papers.html")
+    fm = html[html.index("fashion_mnist"):]
+
+    def shown(scenario: str, train: str) -> str:
+        return re.search(rf"<tr><td>fashion_mnist</td><td>adsh</td><td>smallcnn</td><td>{train}</td><td>[a-z]+</td>"
+                         rf"<td>{scenario}</td><td class=\"v\">.*?</td>", fm).group(0)
+
+    assert ">0.3100" in shown("c2a", "clean") and "≡" in shown("c2a", "clean")
+    a2c = shown("a2c", "clean")
+    assert ">0.5200" in a2c and "≡" not in a2c and "protection optimizer: adam (paper: sgd" in a2c
+    c2c = shown("c2c", "adversarial")  # the model trained on data protected at another ε
+    assert ">0.6400" in c2c and "≡" not in c2c and "protection ε: 0.1" in c2c
 
 
 def test_non_default_dataset_is_measured_but_not_like_for_like(tmp_path):
