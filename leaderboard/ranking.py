@@ -4,7 +4,8 @@ Everything starts from ``configurations``: the points of the store (current code
 seeds of otherwise identical cells, never across conventions, parameters or cut-offs. Only white-box
 (surrogate ``self``) attacks on clean-vs-clean retrieval (scenario a2c) rank victims and attacks; a victim
 is hashing method x backbone x defense x training data, ranked per dataset, code length and evaluation
-conventions. A value that was not measured is missing (shown as such), never zero.
+conventions (an unbounded attack is an ε column of its own, not a table). A value that was not measured is
+missing (shown as such), never zero.
 
 * Victims: for each ε, the worst mAP over the untargeted attacks run at that ε and the worst (highest) t-MAP
   over the targeted ones, with the clean mAP beside them. The default order is the worst mAP at the first ε
@@ -25,7 +26,8 @@ CONFIG = ["dataset", "dataset_label", "hashing", "hashing_label", "backbone", "b
           *CONVENTIONS, "dataset_params", "hashing_params", "defense_params", "attack_params", "harness_version",
           "map_topk", "tmap_topk"]
 VICTIM = ["hashing_label", "backbone", "defense_label", "train_data"]
-TABLE = ["dataset_label", "bits", *CONVENTIONS]
+# epsilon_space ("unbounded" for ProS-GAN-like attacks) is the attack's, shown as its ε column: it splits no table
+TABLE = ["dataset_label", "bits", *(c for c in CONVENTIONS if c != "epsilon_space")]
 AVERAGED = ["map", "tmap", "seconds_per_image", "prepare_seconds", "epsilon"]
 
 
@@ -124,7 +126,7 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
             r["rank"] = i if columns and isnum(r["cells"][first]["value"]) else None
         facts = dict(zip(TABLE, key))
         tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "columns": columns, "rows": rows,
-                       "conventions": {k: facts[k] for k in CONVENTIONS if facts[k]},
+                       "conventions": {k: facts[k] for k in TABLE[2:] if facts[k]},
                        "ranked_by": (columns[first]["header"] + (" (lower is more robust)" if sign > 0 else
                                                                  " (higher is more robust)")) if columns else ""})
     return tables
@@ -170,7 +172,7 @@ def attack_tables(configs: pd.DataFrame) -> list[dict]:
         rows.sort(key=lambda r: (r["targeted"], 0 if isnum(r["rate"]) else 1, -(r["rate"] if isnum(r["rate"]) else 0)))
         facts = dict(zip(TABLE + ["device"], key))
         tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "device": facts["device"] or "device?",
-                       "conventions": {k: facts[k] for k in CONVENTIONS if facts[k]}, "rows": rows})
+                       "conventions": {k: facts[k] for k in TABLE[2:] if facts[k]}, "rows": rows})
     return tables
 
 
