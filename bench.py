@@ -12,6 +12,7 @@ import datetime
 import importlib.util
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -117,6 +118,11 @@ def list_stale(results: str) -> int:
     return 0
 
 
+def stop_on_terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a run as Ctrl-C does: finished cells kept, the run recorded."""
+    raise KeyboardInterrupt
+
+
 def record_run(args, runner, cells, counts: dict, started: datetime.datetime) -> None:
     """Append the run's manifest (what ran, where, how long) to ``<results>/_runs.jsonl`` (not a result file)."""
     import json
@@ -189,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench.py: --address needs --executor ray", file=sys.stderr)
         return 2
     started = datetime.datetime.now(datetime.timezone.utc)
+    signal.signal(signal.SIGTERM, stop_on_terminate)
     try:
         if args.executor == "ray":
             from benchmark.ray_executor import run_on_ray
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             counts = runner.run(cells)
         record_run(args, runner, cells, counts, started)
     except KeyboardInterrupt:
+        record_run(args, runner, cells, {"interrupted": True}, started)
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
     except (ResultsNotWritable, OSError) as exc:

@@ -1,6 +1,7 @@
 """End to end on a tiny grid: rows in the store, cache hits, resume after kill -9, clear failures."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -81,6 +82,28 @@ def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
     resumed = bench(*args)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{4 - len(survived)} cells computed, {len(survived)} from the cache" in resumed.stderr
+
+
+def test_every_run_appends_its_manifest_and_a_terminated_run_says_so(tmp_path):
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
+            "--no-leaderboard"]
+    process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "results").glob("*.parquet")):
+        time.sleep(0.2)
+    process.terminate()  # SIGTERM, as a scheduler stops a job
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "run the same command again to resume" in stderr, stderr
+    finished = bench(*args)
+    assert finished.returncode == 0, finished.stderr
+    runs = [json.loads(line) for line in (tmp_path / "results" / "_runs.jsonl").read_text().splitlines()]
+    assert [run.get("interrupted", False) for run in runs] == [True, False]
+    last = runs[-1]
+    assert last["cells"] == 4 and last["ran"] + last["cached"] == 4 and last["cached"] >= 1
+    for field in ("command", "started", "finished", "seconds", "device", "threads", "torch", "faiss", "git_commit"):
+        assert last[field] not in (None, ""), field
 
 
 def test_a_corrupt_cache_entry_is_reported_and_recomputed(tmp_path, registry):
