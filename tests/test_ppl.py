@@ -102,20 +102,23 @@ def test_database_share_protects_that_share(ppl_class):
 
 
 def reference_losses(ppl, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """J_o and J_p written out from PPL Eq. 4-11 (means over pairs and items), with no gradient reversal."""
+    """J_o and J_p written out from PPL Eq. 4-11 (sums over pairs and items, or their means), no reversal."""
     s = 2 * (labels @ labels.t() > 0).float() - 1
     h_x, h_z = ppl.surrogate(x), ppl.surrogate(ppl.generator.release(x))
     c = h_x.shape[1]
-    j_o = (h_z @ h_z.t() - c * s).pow(2).mean()
-    j_s = (h_x @ h_z.t() - c * s).pow(2).mean()
-    j_e = (h_x - h_z).pow(2).sum(1).mean()
+    reduce = torch.sum if ppl.loss_reduction == "sum" else torch.mean
+    j_o = reduce((h_z @ h_z.t() - c * s).pow(2))
+    j_s = reduce((h_x @ h_z.t() - c * s).pow(2))
+    j_e = reduce((h_x - h_z).pow(2).sum(1))
     d_s = smmd(h_x, h_z, s > 0, [2 * c * 2.0 ** m for m in range(-2, 3)])
     return j_o, ppl.alpha * d_s + ppl.beta * j_s + ppl.gamma * j_e
 
 
-def test_one_step_gives_the_generator_jo_minus_lambda_jp_and_the_surrogate_jo_plus_jp(ppl_class, fashion_splits):
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_one_step_gives_the_generator_jo_minus_lambda_jp_and_the_surrogate_jo_plus_jp(ppl_class, fashion_splits,
+                                                                                       reduction):
     """Eq. 12-14: G descends J_o - lambda J_p, F descends J_o + J_p, from one backward pass."""
-    ppl = ppl_class.configure({"width": 4, "reversal": 0.5, "alpha": 2.0, "gamma": 3.0})
+    ppl = ppl_class.configure({"width": 4, "reversal": 0.5, "alpha": 2.0, "gamma": 3.0, "loss_reduction": reduction})
     torch.manual_seed(0)
     ppl.build((1, 28, 28), fashion_splits.mean, fashion_splits.std)
     x, labels = fashion_splits.train.load(torch.arange(24)), fashion_splits.train.labels[:24]
@@ -142,7 +145,8 @@ def test_generator_played_against_a_fixed_surrogate_flips_more_codes_than_noise(
     fixed at a trained model (DPSH, 32 bits), the generator alone must learn to move its codes, and more
     than uniform noise of the same budget does: with lambda = 0 (no reversal) it flips fewer than noise."""
     model, _, _ = small_victim
-    ppl = ppl_class.configure({"iterations": 20, "batch_size": 64, "width": 8, "lr_generator": 1e-3})
+    ppl = ppl_class.configure({"iterations": 20, "batch_size": 64, "width": 8, "lr_generator": 1e-3,
+                               "optimizer": "adam", "loss_reduction": "mean"})  # learns within 20 updates
     torch.manual_seed(0)
     ppl.build((1, 28, 28), fashion_splits.mean, fashion_splits.std)
     ppl.surrogate = copy.deepcopy(model)  # frozen: no parameter of it requires a gradient
