@@ -27,7 +27,8 @@ CONFIG = ["dataset", "dataset_label", "hashing", "hashing_label", "backbone", "b
           "map_topk", "tmap_topk"]
 VICTIM = ["hashing_label", "backbone", "defense_label", "train_data"]
 # epsilon_space ("unbounded" for ProS-GAN-like attacks) is the attack's, shown as its ε column: it splits no table
-TABLE = ["dataset_label", "bits", *(c for c in CONVENTIONS if c != "epsilon_space")]
+TABLE_CONVENTIONS = [c for c in CONVENTIONS if c != "epsilon_space"]
+TABLE = ["dataset_label", "bits", *TABLE_CONVENTIONS]
 AVERAGED = ["map", "tmap", "seconds_per_image", "prepare_seconds", "epsilon"]
 
 
@@ -126,7 +127,7 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
             r["rank"] = i if columns and isnum(r["cells"][first]["value"]) else None
         facts = dict(zip(TABLE, key))
         tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "columns": columns, "rows": rows,
-                       "conventions": {k: facts[k] for k in TABLE[2:] if facts[k]},
+                       "conventions": {k: facts[k] for k in TABLE_CONVENTIONS if facts[k]},
                        "ranked_by": (columns[first]["header"] + (" (lower is more robust)" if sign > 0 else
                                                                  " (higher is more robust)")) if columns else ""})
     return tables
@@ -172,7 +173,7 @@ def attack_tables(configs: pd.DataFrame) -> list[dict]:
         rows.sort(key=lambda r: (r["targeted"], 0 if isnum(r["rate"]) else 1, -(r["rate"] if isnum(r["rate"]) else 0)))
         facts = dict(zip(TABLE + ["device"], key))
         tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "device": facts["device"] or "device?",
-                       "conventions": {k: facts[k] for k in TABLE[2:] if facts[k]}, "rows": rows})
+                       "conventions": {k: facts[k] for k in TABLE_CONVENTIONS if facts[k]}, "rows": rows})
     return tables
 
 
