@@ -18,13 +18,15 @@ Everything is read from the ranks and counts, with the conventions of ``benchmar
     PR at l  = m / r_m,   m = ceil(l * R)                                        (NaN when R = 0)
     tie-aware AP@k from the per-distance counts (``metrics.expected_average_precision``)
 
-Three ways to the same numbers (``ORDERS``): "count", the above as a compiled loop per query (numba, CPU,
-queries in parallel); "sort", a stable sort of each query's 8- or 16-bit distances (on the GPU a radix
-sort, i.e. a counting pass per 8-bit digit) read in rank order with cumulative sums (torch, on the codes'
-device: the GPU's path); and "faiss", FAISS's ranking (``search.rank(backend="faiss")``) read the same way.
-AP, P@N and PR sum the same terms in the same order in every path, so on a CPU they agree to the bit; the
-tie-aware AP agrees to float64 rounding (the compiled path walks the hypergeometric weights by their ratios,
-torch takes them from log-sums).
+Three ways to the same numbers (``ORDERS``): "count", the above as a compiled loop (numba, CPU, blocks of
+queries in parallel, two queries' counting passes interleaved; an item's distance and p_j packed in one
+key); "sort", a stable sort of each query's 8- or 16-bit distances (on the GPU a radix sort, i.e. a counting
+pass per 8-bit digit) read in rank order with cumulative sums (torch, on the codes' device: the GPU's path);
+and "faiss", FAISS's ranking (``search.rank(backend="faiss")``) read the same way. The counts, P@N and PR
+are the same integers and divisions in every path, so they agree to the bit; AP sums the same correctly
+rounded terms n / r_n, left to right in "sort" and "faiss", in the compiled path in the order the compiler
+vectorises the sum, so it agrees to float64 rounding, as does the tie-aware AP (the compiled path walks the
+hypergeometric weights by their ratios, torch takes them from log-sums).
 """
 from __future__ import annotations
 
@@ -193,18 +195,20 @@ def _read_ranked(relevant: torch.Tensor, cutoffs: list[int], ns: list[int], leve
 
 # ---------------------------------------------------------------- "count": the compiled counting passes
 
-def _pack(bits: np.ndarray) -> np.ndarray:
-    """Rows of a bool (n, m) array as uint64 words (n, ceil(m / 64)), zero-padded alike on every row."""
+def _pack(bits: np.ndarray, word: type = np.uint64) -> np.ndarray:
+    """Rows of a bool (n, m) array as ``word``s (n, ceil(m / word bits)), zero-padded alike on every row."""
     packed = np.packbits(bits, axis=1)
-    padded = np.zeros((len(bits), 8 * max(1, -(-packed.shape[1] // 8))), dtype=np.uint8)
+    size = np.dtype(word).itemsize
+    padded = np.zeros((len(bits), size * max(1, -(-packed.shape[1] // size))), dtype=np.uint8)
     padded[:, :packed.shape[1]] = packed
-    return padded.view(np.uint64)
+    return padded.view(word)
 
 
 def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: Sequence[torch.Tensor],
            database_labels: torch.Tensor, cutoffs: list[int], ns: list[int], levels: int,
            exclude: bool) -> list[QueryScores]:
     (n_query, bits), n_labelings = query_codes.shape, len(labelings)
+    n_database = len(database_codes)
     cutoff_order, n_order = np.argsort(cutoffs, kind="stable"), np.argsort(ns, kind="stable")
     average_precision = np.empty((n_labelings, n_query, len(cutoffs)), dtype=np.float64)
     expected_average_precision = np.empty_like(average_precision)
@@ -213,21 +217,28 @@ def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: S
     counts = np.empty((n_query, bits + 1), dtype=np.int64)
     relevant_counts = np.empty((n_labelings, n_query, bits + 1), dtype=np.int64)
     # word-major database arrays (words, N): the kernel's inner loops run along the database
-    query_words = _pack(query_codes.cpu().numpy() > 0)
-    database_words = np.ascontiguousarray(_pack(database_codes.cpu().numpy() > 0).T)
+    code_word = np.uint32 if bits <= 32 else np.uint64  # half the database's bytes for the common lengths
+    query_words = _pack(query_codes.cpu().numpy() > 0, code_word)
+    database_words = np.ascontiguousarray(_pack(database_codes.cpu().numpy() > 0, code_word).T)
     label_bits = [labels.cpu().numpy() > 0 for labels in labelings]
     label_words = np.stack([_pack(bits) for bits in label_bits])
     database_bits = database_labels.cpu().numpy() > 0
     database_label_words = np.ascontiguousarray(_pack(database_bits).T)
     query_class, class_offsets, class_items = _class_lists(label_bits, database_bits)
+    # an item's key packs its distance (low ``shift`` bits) and its position among the items at that distance;
+    # 32-bit keys where every key fits, and 8-bit distances where every distance does
+    shift = max(1, bits.bit_length())
+    key_type = np.int32 if (n_database << shift) < 2 ** 31 else np.int64
+    distance_type = np.uint8 if bits < 256 else np.int32
     # as many threads as torch has; with numba's OpenMP layer the two share one thread count, so torch's is
     # put back afterwards
     torch_threads = torch.get_num_threads()
     numba.set_num_threads(max(1, min(torch_threads, numba.config.NUMBA_NUM_THREADS)))
     try:
-        _count_kernel(query_words, database_words, label_words, database_label_words, query_class, class_offsets,
-                      class_items, np.asarray(cutoffs, dtype=np.int64)[cutoff_order],
-                      np.asarray(ns, dtype=np.int64)[n_order], levels, exclude, average_precision, expected_average_precision, relevant_at, pr_precision,
+        _count_kernel(query_words, database_words, np.empty(0, distance_type), np.empty(0, key_type), shift,
+                      label_words, database_label_words, query_class, class_offsets, class_items,
+                      np.asarray(cutoffs, dtype=np.int64)[cutoff_order], np.asarray(ns, dtype=np.int64)[n_order],
+                      levels, exclude, average_precision, expected_average_precision, relevant_at, pr_precision,
                       counts, relevant_counts)
     finally:
         torch.set_num_threads(torch_threads)
@@ -238,7 +249,6 @@ def _count(query_codes: torch.Tensor, database_codes: torch.Tensor, labelings: S
                           (average_precision[s], expected_average_precision[s], relevant_at[s], pr_precision[s],
                            counts, relevant_counts[s])))
             for s in range(n_labelings)]
-
 
 
 def _class_lists(label_bits: list[np.ndarray], database_bits: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -260,55 +270,89 @@ def _class_lists(label_bits: list[np.ndarray], database_bits: np.ndarray) -> tup
 if numba is not None:
     @intrinsic
     def _popcount(typingctx, word):
-        """The number of set bits of a uint64 (LLVM's ctpop: one instruction where the CPU has it)."""
+        """The number of set bits of an unsigned word (LLVM's ctpop: one instruction where the CPU has it)."""
         def codegen(context, builder, signature, args):
             return builder.ctpop(args[0])
 
-        return numba.types.int64(numba.types.uint64), codegen
+        return word(word), codegen
 
-    @numba.njit(parallel=True, cache=True, nogil=True)
-    def _count_kernel(query_words, database_words, label_words, database_label_words, query_class, class_offsets,
-                      class_items, cutoffs, ns, levels, exclude, average_precision, expected_average_precision,
-                      relevant_at, pr_precision, counts, relevant_counts):
-        """Every query (in parallel) and labeling: see the module docstring. Cut-offs and ns come ascending."""
-        n_database = database_words.shape[1]
+    _QUERY_BLOCK = 32  # queries per parallel task (their work arrays are allocated once per task)
+    _STREAMS = 4       # a query's relevant items are placed as this many interleaved runs (see _relevant_ranks)
+
+    @numba.njit(parallel=True, cache=True, nogil=True, error_model="numpy")
+    def _count_kernel(query_words, database_words, distance_template, key_template, shift, label_words,
+                      database_label_words, query_class, class_offsets, class_items, cutoffs, ns, levels, exclude,
+                      average_precision, expected_average_precision, relevant_at, pr_precision, counts,
+                      relevant_counts):
+        """Every query (blocks in parallel) and labeling: see the module docstring. Cut-offs and ns come ascending.
+
+        Queries go in pairs: the two counting passes over the database interleave, so each hides the other's
+        wait on its tallies."""
+        n_query, n_database = query_words.shape[0], database_words.shape[1]
         groups = counts.shape[1]
         empty = np.nan if exclude else 0.0  # the AP of a query without a relevant item in the top k
-        for q in numba.prange(query_words.shape[0]):
-            # the Hamming distance of every item, word by word (simple loops the compiler vectorises)
-            distance = np.zeros(n_database, dtype=np.int32)
-            for w in range(query_words.shape[1]):
-                word, column = query_words[q, w], database_words[w]
-                for j in range(n_database):
-                    distance[j] += _popcount(word ^ column[j])
-            # the counting sort's bookkeeping: each item's position among the items at its distance (those
-            # with a smaller index), the items at each distance and strictly closer
-            position = np.empty(n_database, dtype=np.int32)
-            tally = np.zeros(groups, dtype=np.int64)
-            for j in range(n_database):
-                d = distance[j]
-                position[j] = tally[d]
-                tally[d] += 1
+        for block in numba.prange((n_query + _QUERY_BLOCK - 1) // _QUERY_BLOCK):
+            distance = np.empty((2, n_database), dtype=distance_template.dtype)
+            key = np.empty((2, n_database), dtype=key_template.dtype)
+            rank_of = np.empty(n_database, dtype=np.int64)
+            buffer = np.empty(n_database, dtype=key_template.dtype)
+            tally = np.empty((2, groups), dtype=np.int64)
+            next_slot = np.empty((_STREAMS, groups), dtype=np.int64)
             closer = np.empty(groups, dtype=np.int64)
-            inverse = np.zeros(groups)  # sum of 1 / rank over each distance's ranks, for the tie-aware AP
-            items = 0
-            for d in range(groups):
-                closer[d] = items
-                counts[q, d] = tally[d]
-                inverse[d] = _harmonic_difference(items, items + tally[d])
-                items += tally[d]
-            for s in range(label_words.shape[0]):
-                if query_class[s, q] >= 0:  # a single-label database and a one-label query: its class's items
-                    relevant = class_items[class_offsets[query_class[s, q]]:class_offsets[query_class[s, q] + 1]]
-                else:
-                    relevant = _sharing_items(label_words[s, q], database_label_words)
-                rank_of = _relevant_ranks(relevant, distance, position, closer, relevant_counts[s, q])
-                _read_ranks(rank_of, cutoffs, ns, levels, empty, average_precision[s, q], relevant_at[s, q],
-                            pr_precision[s, q])
-                _expected_average_precisions(counts[q], relevant_counts[s, q], closer, inverse, cutoffs, exclude,
-                                             expected_average_precision[s, q])
+            inverse = np.empty(groups)
+            for first in range(block * _QUERY_BLOCK, min(n_query, (block + 1) * _QUERY_BLOCK), 2):
+                pair = (first, min(first + 1, n_query - 1))  # an odd last query is counted twice, scored once
+                _distances(query_words, pair, database_words, distance)
+                _keys(distance, shift, key, tally)
+                for b in range(2 if pair[1] != pair[0] else 1):
+                    q = pair[b]
+                    items = 0
+                    for d in range(groups):
+                        closer[d] = items
+                        counts[q, d] = tally[b, d]
+                        inverse[d] = _harmonic_difference(items, items + tally[b, d])
+                        items += tally[b, d]
+                    for s in range(label_words.shape[0]):
+                        if query_class[s, q] >= 0:  # a single-label database and a one-label query: its class
+                            c = query_class[s, q]
+                            relevant = class_items[class_offsets[c]:class_offsets[c + 1]]
+                        else:
+                            relevant = _sharing_items(label_words[s, q], database_label_words)
+                        found = _relevant_ranks(relevant, key[b], shift, closer, relevant_counts[s, q], buffer,
+                                                next_slot, rank_of)
+                        _read_ranks(rank_of[:found], cutoffs, ns, levels, empty, average_precision[s, q],
+                                    relevant_at[s, q], pr_precision[s, q])
+                        _expected_average_precisions(counts[q], relevant_counts[s, q], closer, inverse, cutoffs,
+                                                     exclude, expected_average_precision[s, q])
 
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True, error_model="numpy")
+    def _distances(query_words, pair, database_words, distance):
+        """The Hamming distance of every item to both queries of ``pair``, word by word (loops the compiler
+        vectorises)."""
+        for b in range(2):
+            word, column = query_words[pair[b], 0], database_words[0]
+            for j in range(database_words.shape[1]):
+                distance[b, j] = _popcount(word ^ column[j])
+            for w in range(1, query_words.shape[1]):
+                word, column = query_words[pair[b], w], database_words[w]
+                for j in range(database_words.shape[1]):
+                    distance[b, j] += _popcount(word ^ column[j])
+
+    @numba.njit(nogil=True, error_model="numpy")
+    def _keys(distance, shift, key, tally):
+        """The counting sort's bookkeeping for two queries at once: each item's key, (its position among the
+        items at its distance, those with a smaller index) << shift | its distance, and the items at each
+        distance."""
+        tally[:] = 0
+        for j in range(distance.shape[1]):
+            a, b = distance[0, j], distance[1, j]
+            x, y = tally[0, a], tally[1, b]
+            key[0, j] = (x << shift) | a
+            key[1, j] = (y << shift) | b
+            tally[0, a] = x + 1
+            tally[1, b] = y + 1
+
+    @numba.njit(nogil=True, error_model="numpy")
     def _sharing_items(query_label_words, database_label_words):
         """Indices (ascending) of the items sharing a label with the query."""
         n_database = database_label_words.shape[1]
@@ -324,38 +368,59 @@ if numba is not None:
             found += shares[j]
         return items[:found]
 
-    @numba.njit(nogil=True)
-    def _relevant_ranks(relevant, distance, position, closer, relevant_counts):
-        """Ranks (1-based, ascending) of the ``relevant`` items (indices, ascending); fills ``relevant_counts``.
+    @numba.njit(nogil=True, error_model="numpy")
+    def _relevant_ranks(relevant, key, shift, closer, relevant_counts, buffer, next_slot, rank_of):
+        """Ranks (1-based, ascending) of the ``relevant`` items (indices, ascending) into ``rank_of[:R]``; returns
+        R and fills ``relevant_counts``.
 
         The h-th relevant item at distance d (index order) is the (relevant items closer than d + h + 1)-th
-        relevant item in rank order, at rank closer[d] + its position + 1."""
-        relevant_counts[:] = 0
-        for i in range(len(relevant)):
-            relevant_counts[distance[relevant[i]]] += 1
-        next_slot = np.empty(len(closer), dtype=np.int64)
+        relevant item in rank order, at rank closer[d] + its position + 1. The items go as ``_STREAMS`` runs of
+        consecutive indices, a step of each in turn, each with its own next slot per distance (run s's slots at
+        d follow those of runs before it): four independent chains of counter updates instead of one."""
+        mask = (1 << shift) - 1
+        total = len(relevant)
+        run = total // _STREAMS
+        next_slot[:] = 0
+        for i in range(run):  # the keys, and each run's count per distance
+            for s in range(_STREAMS):
+                k = key[relevant[s * run + i]]
+                buffer[s * run + i] = k
+                next_slot[s, k & mask] += 1
+        for i in range(_STREAMS * run, total):  # the last run's tail
+            k = key[relevant[i]]
+            buffer[i] = k
+            next_slot[_STREAMS - 1, k & mask] += 1
         found = 0
         for d in range(len(closer)):
-            next_slot[d] = found
-            found += relevant_counts[d]
-        rank_of = np.empty(len(relevant), dtype=np.int64)
-        for i in range(len(relevant)):
-            j = relevant[i]
-            d = distance[j]
-            slot = next_slot[d]
-            rank_of[slot] = closer[d] + position[j] + 1
-            next_slot[d] = slot + 1
-        return rank_of
+            relevant_counts[d] = 0
+            for s in range(_STREAMS):
+                count = next_slot[s, d]
+                next_slot[s, d] = found
+                found += count
+                relevant_counts[d] += count
+        for i in range(run):
+            for s in range(_STREAMS):
+                k = buffer[s * run + i]
+                d = k & mask
+                slot = next_slot[s, d]
+                rank_of[slot] = closer[d] + (k >> shift) + 1
+                next_slot[s, d] = slot + 1
+        for i in range(_STREAMS * run, total):  # the last run's tail
+            k = buffer[i]
+            d = k & mask
+            slot = next_slot[_STREAMS - 1, d]
+            rank_of[slot] = closer[d] + (k >> shift) + 1
+            next_slot[_STREAMS - 1, d] = slot + 1
+        return total
 
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True, error_model="numpy")
     def _read_ranks(rank_of, cutoffs, ns, levels, empty, average_precision, relevant_at, pr_precision):
         """AP@k, relevant counts at N and PR precision of one query from its ascending relevant ranks."""
         relevant = len(rank_of)
-        found, precision_sum = 0, 0.0  # AP@k sums n / r_n in rank order, read at each cut-off
+        found, precision_sum = 0, 0.0  # AP@k sums n / r_n over the ranks up to each cut-off in turn
         for c in range(len(cutoffs)):
             within = np.searchsorted(rank_of, cutoffs[c], side="right")
-            for n in range(found, within):
-                precision_sum += (n + 1) / rank_of[n]
+            precision_sum += _precision_sum(rank_of, found, within)
             found = within
             average_precision[c] = precision_sum / found if found else empty
         for i in range(len(ns)):
@@ -364,7 +429,16 @@ if numba is not None:
             needed = (level * relevant + levels - 1) // levels  # ceil(level / levels * R) in integers
             pr_precision[level - 1] = needed / rank_of[needed - 1] if needed else np.nan
 
-    @numba.njit(nogil=True)
+    @numba.njit(nogil=True, error_model="numpy", fastmath={"reassoc", "nsz"})
+    def _precision_sum(rank_of, start, stop):
+        """sum_{n = start..stop - 1} (n + 1) / rank_of[n]: every term correctly rounded, their sum in the order the
+        compiler vectorises it (so it may differ from a left-to-right sum in the last bits)."""
+        total = 0.0
+        for n in range(start, stop):
+            total += (n + 1) / rank_of[n]
+        return total
+
+    @numba.njit(nogil=True, error_model="numpy")
     def _harmonic_difference(start, stop):
         """H_stop - H_start = sum_{i=start+1..stop} 1 / i for integers 0 <= start <= stop, to float64 rounding.
 
