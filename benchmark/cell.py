@@ -59,7 +59,8 @@ def run_cell(plan: CellPlan, ws: Workspace) -> list[dict]:
         metrics += [{**row, "iterations": iteration} for row in scored.rows]
         per_query = scored.per_query if final else per_query
     # the codes an attack aimed at live in its model's Hamming space: a surrogate's, in a transfer cell
-    attacker_database = ws.victim(plan.surrogate).database_codes if plan.surrogate else database_codes
+    if outcome.target_codes:
+        attacker_database = ws.victim(plan.surrogate).database_codes if plan.surrogate else database_codes
     for name, codes in outcome.target_codes.items():
         scored = evaluate_queries(codes.to(ws.device), attacker_database.to(ws.device), splits.query.labels, targets,
                                   database_labels, cutoffs, plan.conventions, curves=False)
