@@ -134,6 +134,23 @@ def test_one_step_gives_the_generator_jo_minus_lambda_jp_and_the_surrogate_jo_pl
         assert (g - expected).norm() <= 1e-4 * expected.norm(), i
 
 
+def test_algorithm_1_updates_the_surrogate_with_jp_alone(ppl_class, fashion_splits):
+    """Algorithm 1's letter: G still descends J_o - lambda J_p, F descends J_p only."""
+    ppl = ppl_class.configure({"width": 4, "reversal": 0.5, "surrogate_objective": "algorithm"})
+    torch.manual_seed(1)
+    ppl.build((1, 28, 28), fashion_splits.mean, fashion_splits.std)
+    x, labels = fashion_splits.train.load(torch.arange(24)), fashion_splits.train.labels[:24]
+    generator, surrogate = list(ppl.generator.parameters()), list(ppl.surrogate.parameters())
+    loss, _ = ppl.objective(x, labels)
+    got = torch.autograd.grad(loss, generator + surrogate)
+    j_o, j_p = reference_losses(ppl, x, labels)
+    d_o = torch.autograd.grad(j_o, generator + surrogate, retain_graph=True)
+    d_p = torch.autograd.grad(j_p, generator + surrogate)
+    for i, (g, o, p) in enumerate(zip(got, d_o, d_p)):
+        expected = o - 0.5 * p if i < len(generator) else p
+        assert (g - expected).norm() <= 1e-4 * expected.norm(), i
+
+
 def flipped_bits(model, x: torch.Tensor, x_changed: torch.Tensor) -> float:
     return (model.codes(x) != model.codes(x_changed)).float().mean().item()
 

@@ -28,7 +28,9 @@ Readings of the extracted text, where it is garbled or silent:
   m = -2..2 (CDD's five bandwidths, a factor 2 apart, of which PPL's SMMD is a variant), centred on 2c,
   the mean squared distance between two random codes of c bits, so the kernel does not depend on the batch.
 * Algorithm 1 nests "for i = 1:t, for j = 1:e, e = [t/m]" and updates F with grad J_p alone; Eq. 12 and
-  14 have F minimise J_o + J_p. We follow the equations, and count ``iterations`` = t = 1000 mini-batch
+  14 have F minimise J_o + J_p. We follow the equations (``surrogate_objective = "equations"``: they are
+  the method's definition, the algorithm box its summary); ``"algorithm"`` is Algorithm 1's letter, where
+  J_o reaches G through a copy of F that J_o does not update. ``iterations`` = t = 1000 mini-batch
   updates for FashionMNIST (t * floor(t/m) at t = 1000, m = 512 is also 1000). If e was meant as the
   batches per epoch, t counted epochs: set ``iterations`` to 20 times as many.
 * Algorithm 1 says "SGD" without settings: the default is plain SGD (no momentum) at the stated learning
@@ -128,6 +130,7 @@ class PPL(Defense):
     gamma: float = 1.0                                       # weight of the matching loss J_e
     reversal: float = 1.0                                    # lambda of the gradient reversal layer
     loss_reduction: Annotated[str, OneOf("sum", "mean")] = "sum"   # Eq. 4, 9, 10 sum (see the docstring)
+    surrogate_objective: Annotated[str, OneOf("equations", "algorithm")] = "equations"  # F: J_o + J_p / J_p
     surrogate_backbone: str = "smallcnn"                     # FashionMNIST; resnet50 for CIFAR-10/ImageNet
     surrogate_bits: Annotated[int, Range(1)] = 8             # the code length of the paper's results
     width: Annotated[int, Range(1)] = 16                     # generator channels width * (1, 2, 4, 8); 64 for RGB
@@ -152,7 +155,7 @@ class PPL(Defense):
         s = 2 * pairwise_similarity(labels, labels) - 1                      # (n, n) in {-1, +1}
         z = self.generator.release(x)                                        # (n, C, H, W)
         h_x = self.surrogate(x)                                              # (n, c) in (-1, 1)
-        h_z = self.surrogate(z)                                              # J_o: G and F both minimise
+        h_z = self.surrogate(z) if self.surrogate_objective == "equations" else self._frozen_surrogate(z)
         h_z_reversed = self.surrogate(reverse_gradient(z, self.reversal))   # J_p: F minimises, G maximises
         bandwidths = [2 * self.surrogate.bits * 2.0 ** m for m in range(-2, 3)]
         j_e = (h_x - h_z_reversed).pow(2).sum(1)                             # (n,)
@@ -162,6 +165,11 @@ class PPL(Defense):
                  "J_e": j_e.sum() if self.loss_reduction == "sum" else j_e.mean()}
         j_p = self.alpha * terms["D_s"] + self.beta * terms["J_s"] + self.gamma * terms["J_e"]
         return terms["J_o"] + j_p, terms
+
+    def _frozen_surrogate(self, z: torch.Tensor) -> torch.Tensor:
+        """F(z) whose gradient reaches z (G) but not F's parameters: J_o under Algorithm 1."""
+        frozen = {name: value.detach() for name, value in self.surrogate.named_parameters()}
+        return torch.func.functional_call(self.surrogate, frozen, (z,))
 
     def play(self, train: ImageSet, ctx: TrainContext) -> None:
         """Algorithm 1: the two-player game of the built generator and surrogate, one step per mini-batch."""
