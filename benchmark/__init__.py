@@ -12,6 +12,7 @@ from benchmark.centers import center_codes
 from benchmark.data import (Dataset, DatasetNotFound, FileImages, ImageSet, Splits, TensorImages, data_roots,
                             one_hot, random_split, seeded_permutation)
 from benchmark.defense import Defense, lr_milestones
+from benchmark.flags import probe_retrieval
 from benchmark.hashing import (HashingMethod, TrainContext, TrainingDiverged, check_finite, DSDHState,
                                logistic_pair_loss, make_optimizer, pairwise_similarity, training_outputs)
 from benchmark.layers import gaussian_kernel, reverse_gradient, smmd
@@ -35,6 +36,7 @@ __all__ = [
     "snapshot_milestones", "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "one_hot",
     "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense", "lr_milestones",
+    "probe_retrieval",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "training_outputs", "HashModel", "binarize", "build_victim", "OneOf", "Plugin", "Range", "Registry",
     "PROTOTYPE_OBJECTIVES", "PrototypeNet", "circle_prototype_loss", "prosgan_prototype_loss", "prototype_loss",

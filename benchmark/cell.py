@@ -74,7 +74,10 @@ def run_cell(plan: CellPlan, ws: Workspace) -> list[dict]:
         ("seconds_per_image", outcome.seconds / len(splits.query)), ("prepare_seconds", prepare_seconds),
         ("score_seconds", score_seconds), ("changed_codes", changed))]
     perturbation = outcome.perturbation
-    cell_flags = flags.victim_flags(victim.diagnostics) + flags.cell_flags(
+    uses_protection = plan.protection is not None and (cell.scenario != "c2c" or cell.train_data == "protected")
+    trained = flags.training_flags(victim.train_info) + (
+        flags.training_flags(ws.protection_info(plan.protection)) if uses_protection else [])
+    cell_flags = flags.victim_flags(victim.diagnostics) + trained + flags.cell_flags(
         perturbs=attack.perturbs if attack else cell.scenario != "c2c", changed_share=changed,
         violations=perturbation["violations"],
         unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets))

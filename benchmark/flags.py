@@ -12,6 +12,10 @@ Victim flags
   those labels (the mean share of relevant database items per query).
 - ``zero_gradients``: most probe queries have an all-zero input gradient at tanh scales 1 and 0.1, so a
   gradient attack cannot move them.
+Training flags
+- raised by a plugin's own training (``TrainContext.flag``) and carried by every cell that uses what it
+  trained: a victim (its hashing method or defense) or a data protection. PPL raises ``surrogate_at_chance``
+  when its surrogate retrieval model ends the game unable to retrieve (``probe_retrieval``).
 Cell flags
 - ``attack_changed_nothing``: an attack (or protection) that perturbs, yet no query's code changed.
 - ``budget_violations``: the plugin returned images outside the epsilon ball or [0, 1] (the harness
@@ -83,6 +87,20 @@ def victim_flags(diagnostics: dict) -> list[str]:
         out.append(f"zero_gradients: {diagnostics['zero_gradient_share']:.0%} of probe queries have an all-zero "
                    f"input gradient at tanh scales 1 and 0.1")
     return out
+
+
+def training_flags(info: dict) -> list[str]:
+    """The flags a training procedure raised (``TrainContext.flag``), as ``name: reason``."""
+    return [f"{name}: {reason}" for name, reason in (info or {}).get("flags", {}).items()]
+
+
+def probe_retrieval(query_codes: torch.Tensor, query_labels: torch.Tensor, database_codes: torch.Tensor,
+                    database_labels: torch.Tensor) -> dict:
+    """mAP over the whole database of a probe, a random ranking's (``chance_map``) and whether the first is
+    within ``CHANCE_MARGIN`` of the second: the victims' ``chance_map`` test, for a plugin's own models."""
+    probe_map = metrics.mean_average_precision(query_codes, database_codes, query_labels, database_labels, None)
+    chance = chance_map(query_labels, database_labels)
+    return {"map": probe_map, "chance": chance, "at_chance": probe_map < chance + CHANCE_MARGIN}
 
 
 def cell_flags(perturbs: bool, changed_share: float, violations: float, unreachable_targets: int,

@@ -45,6 +45,11 @@ class TrainContext:
     progress: Callable[[str], None] = lambda message: None
     info: dict = field(default_factory=dict)  # anything the procedure wants recorded
 
+    def flag(self, name: str, reason: str) -> None:
+        """Mark what this training produced as degenerate (``benchmark.flags``): every row of every cell that
+        uses it carries ``name: reason``."""
+        self.info.setdefault("flags", {})[name] = reason
+
 
 def pairwise_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
     """s_ij = 1 if items i and j share at least one label, else 0; (A, B) float."""

@@ -109,6 +109,7 @@ class Workspace:
         self._splits: dict[tuple, Splits] = {}
         self._victims: dict[str, Victim] = {}
         self._protections: dict[str, object] = {}
+        self._protection_info: dict[str, dict] = {}
         self.failed_victims: dict[str, str] = {}  # victim key -> why its training failed in this run
 
     # ------------------------------------------------------------------ data
@@ -144,7 +145,13 @@ class Workspace:
                     self.cache.save("protections", plan.key, stored)
         defense.load_state_dict(stored["state"])
         self._protections[plan.key] = defense
+        self._protection_info[plan.key] = stored.get("info", {})
         return defense
+
+    def protection_info(self, plan: ProtectionPlan) -> dict:
+        """What the protection's training recorded (its seconds, its flags, ...)."""
+        self.protection(plan)
+        return self._protection_info[plan.key]
 
     def _train_protection(self, defense, splits: Splits, plan: ProtectionPlan) -> dict:
         torch.manual_seed(plan.seed)

@@ -197,3 +197,19 @@ def test_prepare_protection_is_seeded_and_its_state_dict_round_trips(ppl_class, 
 def test_protect_before_training_names_what_to_call(ppl_class):
     with pytest.raises(RuntimeError, match="prepare_protection"):
         ppl_class.configure({}).protect(torch.rand(1, 1, 28, 28))
+
+
+def test_a_surrogate_at_chance_flags_the_protection(ppl_class, fashion_splits):
+    """A surrogate whose codes are all alike retrieves at chance: the protection's training says so."""
+    ppl = ppl_class.configure({"width": 4})
+    torch.manual_seed(0)
+    ppl.build((1, 28, 28), fashion_splits.mean, fashion_splits.std)
+    ctx = TrainContext(device=torch.device("cpu"), generator=torch.Generator().manual_seed(0), num_classes=10)
+    ppl.check_surrogate(fashion_splits.train, ctx, probe_images=400)
+    assert not ctx.info.get("flags")  # a fresh random network still ranks above chance on FashionMNIST
+    with torch.no_grad():
+        ppl.surrogate.hash_layer.weight.zero_()
+        ppl.surrogate.hash_layer.bias.fill_(1.0)  # every image gets the same code
+    ppl.check_surrogate(fashion_splits.train, ctx, probe_images=400)
+    assert "surrogate_at_chance" in ctx.info["flags"]
+    assert ctx.info["surrogate_probe"]["at_chance"]

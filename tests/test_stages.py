@@ -91,6 +91,30 @@ def test_each_scenario_encodes_the_queries_and_database_it_names(tmp_path):
     assert clean["c2c"] != clean["c2a"] and clean["c2c"] != clean["a2c"]
 
 
+class FlaggedShift(Shift):
+    """A protection whose training finds itself degenerate."""
+
+    name = "flagged_shift"
+
+    def prepare_protection(self, train, ctx):
+        ctx.flag("surrogate_at_chance", "its surrogate could not retrieve")
+
+
+def test_a_flag_raised_in_a_protections_training_marks_every_cell_that_uses_it(tmp_path):
+    registry = Registry.discover()
+    registry.plugins["defenses"]["flagged_shift"] = FlaggedShift
+    cells = tiny_cells(tmp_path, registry, 'defense = "flagged_shift"\nattack = "none"\n'
+                                           'scenario = ["c2c", "c2a", "a2a"]\ntrain_data = ["clean", "protected"]')
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    assert runner.run(cells)["ran"] == 6
+    table = pd.read_parquet(tmp_path / "results")
+    carries = table["flags"].str.contains("surrogate_at_chance: its surrogate could not retrieve")
+    by_cell = carries.groupby([table["scenario"], table["train_data"]])
+    # clean queries on a clean database, by a model trained on clean data: the protection plays no part
+    assert not by_cell.any()[("c2c", "clean")]
+    assert by_cell.all().drop(("c2c", "clean")).all()
+
+
 def test_an_unbounded_attack_has_no_epsilon_and_its_learned_state_is_reused_until_edited(tmp_path):
     registry = Registry.discover()
     prosgan = ('attack = "prosgan"\n[block.params.attacks.prosgan]\nprototype_epochs = 1\nprototype_steps = 3\n'

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 
 from benchmark import (Defense, ImageSet, OneOf, Range, TrainContext, build_victim, check_finite,
-                       pairwise_similarity, reverse_gradient, smmd)
+                       pairwise_similarity, probe_retrieval, reverse_gradient, smmd)
 
 
 class Generator(nn.Module):
@@ -193,6 +193,21 @@ class PPL(Defense):
                              + " ".join(f"{name} {value:.4g}" for name, value in values.items()))
         generator.eval()
         surrogate.eval()
+        self.check_surrogate(train, ctx)
+
+    def check_surrogate(self, train: ImageSet, ctx: TrainContext, probe_images: int = 2000) -> None:
+        """Flag a surrogate that ends the game unable to retrieve clean training images (a quarter of the probe
+        queries the rest): the generator was then trained against no working retrieval model."""
+        n = min(probe_images, len(train))
+        codes = torch.cat([self.surrogate.codes(train.load(index).to(ctx.device)).cpu()
+                           for index in torch.arange(n).split(256)])
+        labels, queries = train.labels[:n], max(1, n // 4)
+        probe = probe_retrieval(codes[:queries], labels[:queries], codes[queries:], labels[queries:])
+        ctx.info["surrogate_probe"] = probe
+        if probe["at_chance"]:
+            ctx.flag("surrogate_at_chance", f"PPL's surrogate ends its game at chance on clean training images "
+                                            f"(mAP {probe['map']:.3f}, a random ranking's {probe['chance']:.3f}): "
+                                            f"the generator was trained against no working retrieval model")
 
     def _check_prepared(self) -> None:
         if not hasattr(self, "generator"):
