@@ -38,7 +38,13 @@ Readings of the extracted text, where it is garbled or silent:
   queries, the paper grid's set-up): with Adam and mean losses the generator used an L-inf of 0.03 of its
   0.3 and the protection changed nothing (C->C 0.6492, C->A 0.6505, A->C 0.6511, A->A 0.6524); with the
   letter (SGD, sums) C->A 0.6093, A->C 0.5623, A->A 0.5412, and the model trained on protected data
-  reaches A->A 0.6787 above its A->C 0.5571 and C->A 0.4831 (paper: drops of about 60%).
+  reaches A->A 0.6787 above its A->C 0.5571 and C->A 0.4831 (paper: drops of about 60%). But under the
+  letter the game is degenerate: the summed losses' gradients throw the surrogate between two collapsed
+  states for all 1000 updates (J_o per pair 230, every code alike, and 65, outputs near 0, on alternate
+  logs), and it ends at chance (mAP 0.145 on clean training images, a random ranking's 0.100), so
+  ``check_surrogate`` flags the protection (``surrogate_at_chance``); the generator saturates at
+  +-epsilon whatever it plays against (Algorithm 1's surrogate update gives the same cells to three
+  decimals). The Adam/mean surrogate does learn (mAP 0.629), but its generator stays small.
 * The generator: "an auto-encoder like structure, where the encoder/decoder consists of 4 convolution
   layers" of 16, 32, 64, 128 channels on FashionMNIST (64 to 512 on CIFAR-10/ImageNet: ``width``).
   Kernels, strides and normalisation are not given: 3x3 and 4x4 convolutions, the middle two with
