@@ -43,8 +43,9 @@ Readings of the extracted text, where it is garbled or silent:
   states for all 1000 updates (J_o per pair 230, every code alike, and 65, outputs near 0, on alternate
   logs), and it ends at chance (mAP 0.145 on clean training images, a random ranking's 0.100), so
   ``check_surrogate`` flags the protection (``surrogate_at_chance``); the generator saturates at
-  +-epsilon whatever it plays against (Algorithm 1's surrogate update gives the same cells to three
-  decimals). The Adam/mean surrogate does learn (mAP 0.629), but its generator stays small.
+  +-epsilon whatever it plays against (with Algorithm 1's surrogate update, DSDH 16 bits: the clean-trained
+  model's four scenarios equal to four decimals, the protected-trained model's within 0.007). The Adam/mean
+  surrogate does learn (mAP 0.629), but its generator stays small.
 * The generator: "an auto-encoder like structure, where the encoder/decoder consists of 4 convolution
   layers" of 16, 32, 64, 128 channels on FashionMNIST (64 to 512 on CIFAR-10/ImageNet: ``width``).
   Kernels, strides and normalisation are not given: 3x3 and 4x4 convolutions, the middle two with
