@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
@@ -36,7 +37,9 @@ iterations = 5
 [block.params.attacks.dhta]
 iterations = 40
 """
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+# the test cluster's own token: Ray's cluster utilities do not create one (ray.init does, in ~/.ray), so on a
+# fresh machine a token-mode head would find none and fail to start
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 def bench_args(work: Path, grid: Path, *extra: str) -> list[str]:
