@@ -65,8 +65,16 @@ def test_editing_one_attack_parameter_reruns_only_its_cells(tiny_run, registry):
     assert "1 cells computed, 3 from the cache" in rerun.stderr, rerun.stderr
 
 
+# The interruption tests stop a run once its first cells are stored: its last cell (DHTA) must take long
+# enough for the stop to land in flight. At 3 iterations the three cells after the first took under 0.2 s
+# together on a fast CPU, and the run had finished before the stop.
+SLOW_LAST_CELL = TINY_GRID.replace("[block.params.attacks.dhta]\niterations = 3",
+                                   "[block.params.attacks.dhta]\niterations = 800")
+assert SLOW_LAST_CELL != TINY_GRID
+
+
 def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
-    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    grid = write_grid(tmp_path / "tiny.toml", SLOW_LAST_CELL)
     args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
             "--no-leaderboard"]
     process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
@@ -85,7 +93,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
 
 
 def test_every_run_appends_its_manifest_and_a_terminated_run_says_so(tmp_path):
-    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    grid = write_grid(tmp_path / "tiny.toml", SLOW_LAST_CELL)
     args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
             "--no-leaderboard"]
     process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
