@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -65,18 +66,17 @@ def test_editing_one_attack_parameter_reruns_only_its_cells(tiny_run, registry):
     assert "1 cells computed, 3 from the cache" in rerun.stderr, rerun.stderr
 
 
-# The interruption tests stop a run once its first cells are stored: its last cell (DHTA) must take long
-# enough for the stop to land in flight. At 3 iterations the three cells after the first took under 0.2 s
-# together on a fast CPU, and the run had finished before the stop.
-SLOW_LAST_CELL = TINY_GRID.replace("[block.params.attacks.dhta]\niterations = 3",
-                                   "[block.params.attacks.dhta]\niterations = 800")
-assert SLOW_LAST_CELL != TINY_GRID
+def interruptible_run_args(tmp_path: Path) -> list[str]:
+    """bench.py arguments for the tiny grid, for the tests that stop a run once its first cells are stored: its
+    last cell (DHTA) gets 800 iterations so that the stop lands in flight. At the grid's 3 the three cells after
+    the first took under 0.2 s together on a fast CPU, and the run had finished before the stop."""
+    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
+    return ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
+            "--no-leaderboard", "--set", "attacks.dhta.iterations=800"]
 
 
 def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
-    grid = write_grid(tmp_path / "tiny.toml", SLOW_LAST_CELL)
-    args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
-            "--no-leaderboard"]
+    args = interruptible_run_args(tmp_path)
     process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -93,9 +93,7 @@ def test_a_killed_run_resumes_and_loses_at_most_the_cell_in_flight(tmp_path):
 
 
 def test_every_run_appends_its_manifest_and_a_terminated_run_says_so(tmp_path):
-    grid = write_grid(tmp_path / "tiny.toml", SLOW_LAST_CELL)
-    args = ["--grid", str(grid), "--results", str(tmp_path / "results"), "--cache", str(tmp_path / "cache"),
-            "--no-leaderboard"]
+    args = interruptible_run_args(tmp_path)
     process = subprocess.Popen([sys.executable, str(ROOT / "bench.py"), *args], cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
