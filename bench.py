@@ -78,7 +78,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def list_plugins(registry) -> None:
-    from benchmark.model import BACKBONES
+    from benchmark.victim.model import BACKBONES
 
     titles = {"datasets": "Datasets", "hashing": "Hashing methods", "attacks": "Attacks", "defenses": "Defenses"}
     for kind in ("datasets", "hashing", "attacks", "defenses"):
@@ -173,9 +173,9 @@ def main(argv: list[str] | None = None) -> int:
         list_plugins(registry)
         return 0
 
-    from benchmark.evaluation import EvaluationConventions
-    from benchmark.grid import expand, load_preset, parse_filters, parse_settings
-    from benchmark.runner import ResultsNotWritable, Runner
+    from benchmark.planning.grid import expand, load_preset, parse_filters, parse_settings
+    from benchmark.running.runner import ResultsNotWritable, Runner
+    from benchmark.scoring.evaluate import EvaluationConventions
 
     try:
         cells = expand(load_preset(args.grid), registry, parse_filters(args.only), parse_settings(args.settings))
@@ -198,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, stop_on_terminate)
     try:
         if args.executor == "ray":
-            from benchmark.ray_executor import run_on_ray
+            from benchmark.running.ray_executor import run_on_ray
 
             counts = run_on_ray(runner, cells, args.address, args.threads)
         else:

@@ -11,9 +11,9 @@ is reported with its path and error and skipped.
 from __future__ import annotations
 
 import hashlib
-import math
 import importlib.util
 import logging
+import math
 import sys
 import traceback
 import types
@@ -77,6 +77,16 @@ class OneOf:
 NON_NEGATIVE = Range(0)
 
 
+BASES: dict[str, type["Plugin"]] = {}  # kind -> its base class, filled as the bases are defined
+
+
+def base_classes() -> dict[str, type["Plugin"]]:
+    missing = [kind for kind in PLUGIN_FOLDERS if kind not in BASES]
+    if missing:  # the bases register when ``benchmark`` is imported; this module alone has none
+        raise RuntimeError(f"no plugin base for {', '.join(missing)}: import benchmark first")
+    return dict(BASES)
+
+
 class Plugin:
     """Base of every plugin: identity as literal class attributes, defaults as typed attributes."""
 
@@ -87,6 +97,11 @@ class Plugin:
     source_file: typing.ClassVar[str] = ""
     source_hash: typing.ClassVar[str] = ""
     axis_parameters: typing.ClassVar[tuple[str, ...]] = ()  # set by the harness from a grid axis, not a label
+
+    def __init_subclass__(cls, base: bool = False, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if base:  # a kind's base (``class Attack(Plugin, base=True)``), not a plugin
+            BASES[cls.kind] = cls
 
     @classmethod
     def parameter_types(cls) -> dict[str, type]:
@@ -225,8 +240,6 @@ class Registry:
 
     @classmethod
     def discover(cls, root: Path | None = None, bases: dict[str, type[Plugin]] | None = None) -> "Registry":
-        from benchmark import base_classes
-
         registry = cls(root=Path(root) if root else REPO_ROOT)
         for kind, folder in PLUGIN_FOLDERS.items():
             base = (bases or base_classes())[kind]
@@ -252,8 +265,6 @@ class Registry:
         Errors read as ``get``'s: an unknown name lists the plugins in the folder, and a file that fails to
         import raises ``ValueError`` naming the failure.
         """
-        from benchmark import base_classes
-
         if kind not in PLUGIN_FOLDERS:
             raise ValueError(f"unknown plugin kind {kind!r}; known: {', '.join(PLUGIN_FOLDERS)}")
         folder = (Path(root) if root else REPO_ROOT) / PLUGIN_FOLDERS[kind]

@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from leaderboard.store import (CONVENTIONS as CONVENTION_COLUMNS, CUTOFF_METRICS, fmt_epsilon, fmt_topk, isnum,
-                               json_dict, parse_flags, scalar_rows)
+from leaderboard.store import CONVENTIONS as CONVENTION_COLUMNS
+from leaderboard.store import CUTOFF_METRICS, fmt_epsilon, fmt_topk, isnum, json_dict, parse_flags, scalar_rows
 
 PAPERS = {"ppl": "PPL — Proactive Privacy-preserving Learning (AAAI 2021)",
           "prosgan": "ProS-GAN (CVPR 2021)",

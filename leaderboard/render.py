@@ -308,7 +308,7 @@ def gallery_sections(cells: pd.DataFrame, cache_dir: str | Path | None, out: Pat
              if (records / f"{c['cell_key']}.pt").is_file()]
     if not found:
         return [], []
-    from benchmark.gallery import load_record, write_pngs  # torch is imported only when there is a gallery
+    from benchmark.scoring.gallery import load_record, write_pngs
 
     victims: dict = {}
     problems = []

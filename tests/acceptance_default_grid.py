@@ -11,7 +11,6 @@ import sys
 
 import pandas as pd
 import pytest
-
 from conftest import ROOT
 
 
@@ -21,8 +20,8 @@ def default_grid() -> pd.DataFrame:
                          capture_output=True, text=True, timeout=3600)
     assert run.returncode == 0, run.stderr[-3000:]
     from benchmark import Registry
-    from benchmark.grid import expand, load_preset
-    from benchmark.runner import Runner
+    from benchmark.planning.grid import expand, load_preset
+    from benchmark.running.runner import Runner
 
     registry = Registry.discover()
     runner = Runner(registry, ROOT / "results", ROOT / ".cache", device="cpu")

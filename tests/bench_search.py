@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark import metrics, search
+from benchmark.scoring import metrics, search
 
 N_QUERY, N_DATABASE, BITS, CLASSES, TOPK = 10_000, 60_000, 32, 10, 1000
 FLIP = 0.25  # each bit of an item's code differs from its class's code with this probability

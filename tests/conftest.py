@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmark import Registry, TrainContext  # noqa: E402
-from benchmark.model import build_victim  # noqa: E402
+from benchmark.victim.model import build_victim
 
 
 @pytest.fixture(scope="session")
@@ -68,3 +68,14 @@ iterations = 3
 [block.params.attacks.dhta]
 iterations = 3
 """
+
+
+def victim_of(runner, plan):
+    """The runner's trained victim of ``plan`` (``Trained``) and its clean codes of the cell's split (``Codes``)."""
+    from benchmark.cell import dataset_splits
+    from benchmark.encoding.codes import clean_codes
+    from benchmark.victim.train import trained_victim
+
+    splits = dataset_splits(plan, runner.session)
+    victim = trained_victim(plan.victim, splits, runner.session)
+    return victim, clean_codes(plan.codes, victim, splits, runner.session)

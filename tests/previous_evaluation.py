@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from benchmark import metrics, search
+from benchmark.scoring import metrics, search
 
 PRECISION_AT = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 

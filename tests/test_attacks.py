@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from benchmark import AttackContext, Perturbed, continuation_alpha, label_vote_code, project
-from benchmark.targets import draw_target_labels
+from benchmark.attack.targets import draw_target_labels
 
 QUICK = {"pgd": {"iterations": 20, "step_size": 2 / 255}, "dhta": {"iterations": 50, "step_size": 0.02},
          "p2p": {"iterations": 50, "step_size": 0.02}, "hag": {"iterations": 20}, "hag_star": {"iterations": 20},

@@ -8,11 +8,19 @@ import math
 import pytest
 import torch
 
-from benchmark import (AttackContext, Perturbed, center_codes, codes_with_label, hag_loss, hag_mask, pgd_toward_codes,
-                       snapshot_milestones)
-from benchmark.centers import jaccard_similarity
-from benchmark.grid import expand, load_preset
-from benchmark.targets import TARGET_RULES, draw_target_labels
+from benchmark import (
+    AttackContext,
+    Perturbed,
+    center_codes,
+    codes_with_label,
+    hag_loss,
+    hag_mask,
+    pgd_toward_codes,
+    snapshot_milestones,
+)
+from benchmark.attack.targets import TARGET_RULES, draw_target_labels
+from benchmark.parts.centers import jaccard_similarity
+from benchmark.planning.grid import expand, load_preset
 
 # ---------------------------------------------------------------------------------------------------------
 # CHCM center codes (CgAT Eq. 3-5) against a brute-force search over all 2^6 codes

@@ -6,10 +6,18 @@ import math
 
 import pytest
 import torch
-
-from benchmark import (AttackContext, PrototypeNet, TensorImages, build_victim, circle_prototype_loss,
-                       prosgan_prototype_loss, prototype_loss, train_prototype_net)
 from test_attacks import PPL_FASHION_EPSILON, mean_ap, queries
+
+from benchmark import (
+    AttackContext,
+    PrototypeNet,
+    TensorImages,
+    build_victim,
+    circle_prototype_loss,
+    prosgan_prototype_loss,
+    prototype_loss,
+    train_prototype_net,
+)
 
 # One target label (class 2 of 2) against three training items: codes b_j, labels y_j.
 RELAXED = torch.tensor([[0.5, -0.5]])                       # h, K = 2

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from benchmark.gallery import gallery_queries, gallery_record, save_record
 from chromium import Chromium, find_chromium
-from leaderboard.render import PAGES, render
 from result_rows import demo_rows, write_cells
+
+from benchmark.scoring.gallery import gallery_queries, gallery_record, save_record
+from leaderboard.render import PAGES, render
 
 BINARY = find_chromium()
 if BINARY is None:

@@ -21,7 +21,7 @@ from PIL import Image
 
 import benchmark
 from benchmark import DatasetNotFound, ListSplit, Registry, load_lists, read_lists
-from benchmark import lists
+from benchmark.data import lists
 
 REGISTRY = Registry.discover()
 LIST_SETS = ["flickr25k", "nuswide", "mscoco", "imagenet100", "imagenet13"]

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from benchmark import HashingMethod, Registry, TrainContext, binarize, center_codes, training_outputs
-from benchmark.model import build_victim
+from benchmark.victim.model import build_victim
 
 REGISTRY = Registry.discover()
 DEFENSES = ["cgat", "atrdh"]

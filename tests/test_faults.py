@@ -2,7 +2,6 @@
 and nothing already computed is lost. Each test fails on a harness that breaks the promise it names."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -11,12 +10,12 @@ import sys
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, write_grid
 
 from benchmark import Attack, Registry
-from benchmark.cache import remove_dead_temporaries, temporary_prefix
-from benchmark.grid import expand, load_preset, parse_filters, parse_settings
-from benchmark.runner import Runner
-from conftest import ROOT, write_grid
+from benchmark.planning.grid import expand, load_preset, parse_filters, parse_settings
+from benchmark.running.runner import Runner
+from benchmark.storage.cache import remove_dead_temporaries, temporary_prefix
 
 GRID = """
 [[block]]
@@ -241,9 +240,9 @@ def test_force_never_replaces_a_good_result_by_an_error(tmp_path, shared_cache, 
     registry = Registry.discover()
     cells = grid_cells(tmp_path, registry)
     good = run(tmp_path, registry, cells, shared_cache)
-    import benchmark.runner as runner_module
+    import benchmark.running.runner as runner_module
 
-    def broken(plan, ws):
+    def broken(plan, session):
         raise RuntimeError("recomputation failed")
 
     monkeypatch.setattr(runner_module, "run_cell", broken)
@@ -263,8 +262,8 @@ def test_an_unwritable_results_folder_is_refused_before_any_work(tmp_path, regis
 
 
 def test_a_full_results_folder_keeps_the_finished_rows_elsewhere(tmp_path, shared_cache, monkeypatch):
-    import benchmark.runner as runner_module
-    from benchmark.runner import ResultsNotWritable
+    import benchmark.running.runner as runner_module
+    from benchmark.running.runner import ResultsNotWritable
 
     registry = Registry.discover()
 

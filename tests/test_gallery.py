@@ -6,12 +6,19 @@ import re
 import pytest
 import torch
 from PIL import Image
-
-from benchmark.data import TensorImages
-from benchmark.gallery import (GALLERY_TOP, gallery_queries, gallery_record, load_record, perturbation_pixels,
-                               save_record, write_pngs)
-from leaderboard.render import render
 from result_rows import cell_rows, write_cells
+
+from benchmark.data.images import TensorImages
+from benchmark.scoring.gallery import (
+    GALLERY_TOP,
+    gallery_queries,
+    gallery_record,
+    load_record,
+    perturbation_pixels,
+    save_record,
+    write_pngs,
+)
+from leaderboard.render import render
 
 CLASSES = 4
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from benchmark import Registry, TensorImages, TrainContext, one_hot
-from benchmark.model import build_victim
+from benchmark.victim.model import build_victim
 
 
 def configure(registry, name, **overrides):

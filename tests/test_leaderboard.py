@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from result_rows import cell_rows, write_store
 
 from leaderboard import store
 from leaderboard.render import PAGES, render
-from result_rows import cell_rows, write_store
 
 REPO = Path(__file__).resolve().parents[1]
 XSS = "<script>alert(1)</script>"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import metrics, search
+from benchmark.scoring import metrics, search
 
 # four database items, three classes; item 3 has two labels
 DATABASE_LABELS = torch.tensor([[1.0, 0, 0], [0, 1, 0], [1, 0, 0], [0, 1, 1]])

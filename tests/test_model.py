@@ -4,8 +4,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from benchmark.model import (BACKBONES, SMALL_NETWORK_HIDDEN, PretrainedWeightsUnavailable, binarize, build_victim,
-                             parse_backbone)
+from benchmark.victim.model import (
+    BACKBONES,
+    SMALL_NETWORK_HIDDEN,
+    PretrainedWeightsUnavailable,
+    binarize,
+    build_victim,
+    parse_backbone,
+)
 
 
 def test_small_network_is_ppls_two_conv_net():

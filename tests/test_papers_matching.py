@@ -8,10 +8,10 @@ import math
 import re
 
 import pytest
+from result_rows import cell_rows, write_cells
 
 from leaderboard import papers, store
 from leaderboard.render import render
-from result_rows import cell_rows, write_cells
 
 # CgAT Table 1, FLICKR-25K, DPSH/AlexNet 32 bits under DHTA: MAP@5000 = 0.3278 (paper)
 CGAT_DHTA = {"dataset": "flickr25k", "dataset_label": "flickr25k", "hashing": "dpsh", "hashing_label": "dpsh",

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from benchmark import Registry
-from benchmark.grid import expand, load_preset, parse_filters, parse_settings
+from benchmark.planning.grid import expand, load_preset, parse_filters, parse_settings
 
 
 def test_every_shipped_plugin_loads_and_is_documented(registry):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from benchmark import TrainContext, reverse_gradient, smmd
-from benchmark.model import build_victim
+from benchmark.victim.model import build_victim
 
 
 def test_smallcnn_is_the_papers_network():

@@ -9,10 +9,10 @@ import subprocess
 import sys
 
 import pytest
+from result_rows import cell_rows, write_cells
 
 from leaderboard import ranking, store
 from leaderboard.render import render
-from result_rows import cell_rows, write_cells
 
 REPO = store.REPO_ROOT
 XSS = "<img src=x onerror=alert(1)>"

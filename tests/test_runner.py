@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, TINY_GRID, victim_of, write_grid
 
-from benchmark.grid import expand, load_preset
-from benchmark.runner import Runner
-from conftest import ROOT, TINY_GRID, write_grid
+from benchmark.planning.grid import expand, load_preset
+from benchmark.running.runner import Runner
 
 REQUIRED_COLUMNS = {"dataset", "hashing", "backbone", "bits", "defense", "attack", "epsilon", "surrogate", "scenario",
                     "seed", "metric", "topk", "value", "status", "device", "torch", "faiss", "git_commit"}
@@ -134,45 +134,14 @@ def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
     for run, draws in enumerate((0, 1000)):
         torch.rand(draws)  # a different global RNG history before each build
         runner = Runner(registry, tmp_path / f"results{run}", tmp_path / f"cache{run}", device="cpu")
-        states.append(runner.workspace.victim(runner.plan(cell).victim).model.state_dict())
+        states.append(victim_of(runner, runner.plan(cell))[0].model.state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][name], states[1][name]) for name in states[0])
 
 
-def test_editing_shared_code_reruns_only_the_stages_that_use_it(tmp_path, registry, monkeypatch):
-    import shutil
-
-    from benchmark import plan as plan_module
-
-    grid = write_grid(tmp_path / "tiny.toml", TINY_GRID)
-    cell = next(c for c in expand(load_preset(str(grid)), registry) if c.attack == "pgd")
-    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
-
-    def keys():
-        plan = runner.plan(cell)
-        return plan.victim.key, plan.attack_key, plan.key
-
-    original = keys()
-    package = tmp_path / "benchmark"
-    shutil.copytree(plan_module.PACKAGE_DIR, package, ignore=shutil.ignore_patterns("__pycache__"))
-    monkeypatch.setattr(plan_module, "PACKAGE_DIR", package)
-    assert keys() == original  # same code, same keys
-    with open(package / "metrics.py", "a") as source:
-        source.write("\n# an edit to the scoring code\n")
-    scored = keys()
-    assert scored[:2] == original[:2] and scored[2] != original[2]  # re-scored from the cached attack outputs
-    with open(package / "attack.py", "a") as source:
-        source.write("\n# an edit to the shared attack code\n")
-    victim_key, attack_key, cell_key = keys()
-    assert victim_key == original[0] and attack_key != original[1]  # the victim is reused, the attack reruns
-    with open(package / "model.py", "a") as source:
-        source.write("\n# an edit to the victim network\n")
-    assert keys()[0] != original[0]  # the victim is retrained
-
-
 def test_attack_draws_follow_the_cell_and_its_seed_not_its_parameters(tmp_path, registry):
-    from benchmark.grid import parse_settings
-    from benchmark.cell import attack_seed
+    from benchmark.planning.plan import attack_seed
+    from benchmark.planning.grid import parse_settings
 
     grid = load_preset(str(write_grid(tmp_path / "tiny.toml", TINY_GRID)))
     short = {c.attack: c for c in expand(grid, registry)}
@@ -200,8 +169,10 @@ def test_a_victim_that_diverges_is_trained_once_and_every_cell_of_it_says_why(tm
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace('hashing = "dpsh"', 'hashing = "diverging"'))
     runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
     trainings = []
-    train = runner.workspace._train
-    monkeypatch.setattr(runner.workspace, "_train", lambda *args: trainings.append(1) or train(*args))
+    import benchmark.victim.train as train_module
+
+    train = train_module.train_victim
+    monkeypatch.setattr(train_module, "train_victim", lambda *args: trainings.append(1) or train(*args))
     assert runner.run(expand(load_preset(str(grid)), registry)) == {"ran": 0, "cached": 0, "error": 4}
     assert len(trainings) == 1
     table = pd.read_parquet(tmp_path / "results")
@@ -248,7 +219,7 @@ def test_a_query_subset_reuses_the_victim_but_not_its_codes(tmp_path, registry):
     runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
     plans = {subset: runner.plan(cell) for subset, cell in cells.items()}
     assert plans[60].victim.key == plans[30].victim.key
-    assert plans[60].victim.split != plans[30].victim.split and plans[60].key != plans[30].key
-    codes = {subset: runner.workspace.victim(plan.victim).query_codes for subset, plan in plans.items()}
+    assert plans[60].codes.split != plans[30].codes.split and plans[60].key != plans[30].key
+    codes = {subset: victim_of(runner, plan)[1].query for subset, plan in plans.items()}
     assert len(codes[60]) == 60 and len(codes[30]) == 30
     assert len(list((tmp_path / "cache" / "victims").glob("*.pt"))) == 1  # trained once

@@ -6,13 +6,14 @@ import math
 from fractions import Fraction
 
 import numpy as np
+import previous_evaluation
 import pytest
 import torch
+from test_metrics import brute_force_ap, brute_force_ranking, cut_in_a_tie, enumerate_tie_orders, random_problem
 
-import previous_evaluation
-from benchmark import metrics, scoring, search
-from benchmark.evaluation import EvaluationConventions, evaluate_queries
-from test_metrics import (brute_force_ap, brute_force_ranking, cut_in_a_tie, enumerate_tie_orders, random_problem)
+from benchmark.scoring import kernel as scoring
+from benchmark.scoring import metrics, search
+from benchmark.scoring.evaluate import EvaluationConventions, evaluate_queries
 
 ORDERS = [order for order in ("count", "sort", "faiss")
           if (order != "count" or scoring.numba_available()) and (order != "faiss" or "faiss" in

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark import search
+from benchmark.scoring import search
 
 needs_faiss = pytest.mark.skipif("faiss" not in search.available_backends(), reason="faiss does not import")
 

@@ -8,11 +8,15 @@ import typing
 import pandas as pd
 import pytest
 import torch
+from conftest import ROOT, victim_of, write_grid
+
+from benchmark.cell import dataset_splits
+from benchmark.encoding.codes import released_codes
+from benchmark.victim.train import trained_protection
 
 from benchmark import Defense, Range, Registry
-from benchmark.grid import expand, load_preset
-from benchmark.runner import Runner
-from conftest import ROOT, write_grid
+from benchmark.planning.grid import expand, load_preset
+from benchmark.running.runner import Runner
 
 TINY = """
 [[block]]
@@ -78,14 +82,15 @@ def test_each_scenario_encodes_the_queries_and_database_it_names(tmp_path):
     assert changed["c2c"] == 0 and changed["a2c"] > 0 and changed["c2a"] > 0 and changed["a2a"] > 0
     # the codes behind each cell: encode the images the scenario names with the victim, and compare
     plan = runner.plan(next(c for c in cells if c.scenario == "a2a"))
-    victim = runner.workspace.victim(plan.victim)
-    splits = runner.workspace.splits(plan.victim.dataset)
+    victim, codes = victim_of(runner, plan)
+    splits = dataset_splits(plan, runner.session)
     brightened_db = victim.model.codes(Shift().protect(splits.database.load(torch.arange(50))))
     brightened_q = victim.model.codes(Shift().protect(splits.query.load(torch.arange(len(splits.query)))))
-    protected = runner.workspace.protected_codes(victim, plan.protection, 0)
+    protected = released_codes(plan.release, victim, trained_protection(plan.protection, splits, runner.session),
+                               splits, runner.session)
     assert torch.equal(protected["database"][:50], brightened_db)
     assert torch.equal(protected["query"], brightened_q)
-    cached = runner.workspace.cache.load("cells", plan.key)["adversarial_codes"]
+    cached = runner.session.cache.load("cells", plan.key)["adversarial_codes"]
     assert torch.equal(cached, brightened_q)
     clean = metric(table, "map", topk=0)
     assert clean["c2c"] != clean["c2a"] and clean["c2c"] != clean["a2c"]
@@ -165,14 +170,19 @@ def test_a_defended_victim_starts_from_the_cached_victim_and_is_reused(tmp_path)
     plans = {c.defense: first.plan(c) for c in cells}
     assert plans["cgat"].victim.start.key == plans["none"].victim.key
     assert len(list((tmp_path / "cache" / "victims").glob("*.pt"))) == 2  # the undefended one, trained once
-    trained = first.workspace.victim(plans["cgat"].victim).train_info
+    trained = victim_of(first, plans["cgat"])[0].info
     assert "start_train_seconds" in trained and trained["train_seconds"] > 0
     (tmp_path / "results2").mkdir()
     again = Runner(registry, tmp_path / "results2", tmp_path / "cache", device="cpu")
     calls = []
-    original = again.workspace._train
-    again.workspace._train = lambda *args: calls.append(1) or original(*args)
-    assert again.run(cells)["ran"] == 2
+    import benchmark.victim.train as train_module
+
+    original = train_module.train_victim
+    train_module.train_victim = lambda *args: calls.append(1) or original(*args)
+    try:
+        assert again.run(cells)["ran"] == 2
+    finally:
+        train_module.train_victim = original
     assert calls == []  # both victims come from the cache
     table = pd.read_parquet(tmp_path / "results2")
     assert set(table["defense"]) == {"none", "cgat"} and not table["train_seconds"].isna().any()

@@ -41,8 +41,9 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmark import AttackContext, Registry, TensorImages, TrainContext, build_victim, scoring  # noqa: E402
-from benchmark.evaluation import EvaluationConventions, evaluate_queries  # noqa: E402
+from benchmark import AttackContext, Registry, TensorImages, TrainContext, build_victim
+from benchmark.scoring import kernel as scoring
+from benchmark.scoring.evaluate import EvaluationConventions, evaluate_queries
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -191,7 +192,7 @@ def bench_scoring(args, device: torch.device) -> None:
     except ImportError:
         row("FAISS top-1000", "faiss does not import")
         return
-    from benchmark.search import pack_codes
+    from benchmark.scoring.search import pack_codes
 
     index = faiss.IndexBinaryFlat(8 * pack_codes(database_codes[:1]).shape[1])
     index.add(pack_codes(database_codes))

@@ -28,9 +28,9 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark.model import parse_backbone
+from benchmark.attack.targets import TARGET_RULES
 from benchmark.plugins import REPO_ROOT, Registry, parse_fraction
-from benchmark.targets import TARGET_RULES
+from benchmark.victim.model import parse_backbone
 
 GRID_FOLDER = REPO_ROOT / "grids"
 AXES = ("dataset", "hashing", "backbone", "bits", "defense", "train_data", "attack", "epsilon", "surrogate",

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import torch
 
-from benchmark import metrics
-from benchmark.data import Splits
+from benchmark.data.dataset import Splits
+from benchmark.scoring import metrics
 
 CHANCE_MARGIN = 0.05        # clean mAP closer than this to a random ranking's is flagged
 PROBE_QUERIES = 500         # queries scored for the clean-mAP probe

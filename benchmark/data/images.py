@@ -1,6 +1,6 @@
-"""Image sets, the query/database/train split, and the Dataset plugin base.
+"""Image sets: float batches in [0, 1], shape (B, C, H, W), with multi-hot labels (N, C), and their content
+fingerprints.
 
-Every image set hands out float batches in [0, 1], shape (B, C, H, W), and multi-hot labels (N, C).
 Normalisation and resizing live inside the victim model, so attacks work in [0, 1] pixel space.
 Large sets stream from disk in batches: only labels and paths are held in memory.
 """
@@ -8,16 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import typing
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-import numpy as np
 import torch
-
-from benchmark.plugins import Plugin
 
 
 class DatasetNotFound(FileNotFoundError):
@@ -184,89 +179,3 @@ def file_digests(paths: Sequence[str]) -> list[str]:
             out.append(sha)
         db.executemany("INSERT OR REPLACE INTO digest VALUES (?, ?, ?, ?, ?)", fresh)
     return out
-
-
-@dataclass
-class Splits:
-    """The retrieval protocol: queries searched against a database; a model trained on ``train``."""
-
-    query: ImageSet
-    database: ImageSet
-    train: ImageSet
-    topk: int | None  # mAP cut-off; None means the whole database
-    num_classes: int
-    mean: tuple | None = None  # channel statistics for the small network's normalisation
-    std: tuple | None = None
-    notes: dict = field(default_factory=dict)
-
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images, read from the first query."""
-        return tuple(self.query.load(torch.tensor([0])).shape[1:])
-
-    def fingerprint(self) -> str:
-        parts = [self.query.fingerprint(), self.database.fingerprint(), self.train.fingerprint(), str(self.topk)]
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
-
-    def sizes(self) -> dict[str, int]:
-        return {"n_query": len(self.query), "n_database": len(self.database), "n_train": len(self.train)}
-
-
-def data_roots(name: str, data_root: str | Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
-    """Where to look for dataset ``name``: --data-root, $HASHBENCH_DATA, then ``extra``, in that order."""
-    roots: list[Path] = []
-    for base in (data_root, os.environ.get("HASHBENCH_DATA")):
-        if base:
-            roots += [Path(base), Path(base) / name]
-    roots += [Path(p) for p in extra]
-    return roots
-
-
-class Dataset(Plugin):
-    """A dataset plugin: where the files are, the split protocol, the mAP cut-off.
-
-    Subclasses set ``num_classes``, ``protocol`` (a short card) and implement ``load(data_root)``, which
-    returns ``Splits``. ``query_subset`` (0 = all queries) draws a seeded subset of the queries for
-    quick grids; it is part of the protocol and recorded on every row.
-    """
-
-    kind: typing.ClassVar[str] = "datasets"
-    num_classes: typing.ClassVar[int] = 0
-    multi_label: typing.ClassVar[bool] = False
-    protocol: typing.ClassVar[str] = ""
-
-    split_seed: int = 0
-    query_subset: int = 0
-
-    def load(self, data_root: str | Path | None = None) -> Splits:
-        raise NotImplementedError
-
-    def card(self) -> dict[str, object]:
-        return {"protocol": self.protocol, "classes": self.num_classes, "multi_label": self.multi_label,
-                **self.params()}
-
-    def splits(self, data_root: str | Path | None = None) -> Splits:
-        """``load`` plus the seeded query subset."""
-        splits = self.load(data_root)
-        if self.query_subset and self.query_subset < len(splits.query):
-            generator = torch.Generator().manual_seed(self.split_seed + 1)
-            pick = torch.randperm(len(splits.query), generator=generator)[: self.query_subset].sort().values
-            splits.query = splits.query.subset(pick)
-        return splits
-
-
-def seeded_permutation(n: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).permutation(n)
-
-
-def random_split(n_items: int, seed: int, n_query: int, n_train: int) -> dict[str, np.ndarray]:
-    """Random queries, the rest as the database, the training set drawn from the database (sorted indices)."""
-    if n_query + n_train > n_items:
-        raise ValueError(f"{n_items} images cannot give {n_query} queries and {n_train} training images")
-    order = seeded_permutation(n_items, seed)
-    return {"query": np.sort(order[:n_query]), "database": np.sort(order[n_query:]),
-            "train": np.sort(order[n_query:n_query + n_train])}
-
-
-def one_hot(classes: torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
-    classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
-    return torch.nn.functional.one_hot(classes, num_classes).float()

@@ -16,20 +16,13 @@ from pathlib import Path
 
 import torch
 
+from benchmark.attack.stage import GALLERY_QUERIES, gallery_queries  # noqa: F401 - the queries shown
+
 RECORD_VERSION = 1
-GALLERY_QUERIES = 4     # queries shown per cell
 GALLERY_TOP = 6         # retrieved items shown per query (HAG Fig. 5 shows 6)
 MAX_SIDE = 112          # retrieved items are shrunk to at most this many pixels a side
 MAGNIFY = 10            # the perturbation is shown magnified (HAG Fig. 1 and 5: x10)
 RELEVANT, IRRELEVANT, TARGET = (26, 127, 55), (180, 35, 24), (11, 92, 173)
-
-
-def gallery_queries(n_query: int, seed: int, count: int = GALLERY_QUERIES) -> torch.Tensor:
-    """Indices of the queries shown, a seeded draw that is the same for every attack on one query set."""
-    if n_query <= 0:
-        raise ValueError(f"gallery_queries needs at least one query; got n_query={n_query}")
-    generator = torch.Generator().manual_seed(int(seed))
-    return torch.randperm(n_query, generator=generator)[:count].sort().values
 
 
 def _as_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -113,7 +106,7 @@ def _shrink_grid(images: torch.Tensor, max_side: int) -> torch.Tensor:
 
 
 def save_record(path: str | Path, record: dict) -> None:
-    """Write a record (the harness uses its stage cache instead: ``cache.save("gallery", cell_key, record)``)."""
+    """Write a record (the harness uses its stage cache instead: ``StageCache.save("gallery", cell_key, record)``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(record, path)
@@ -125,6 +118,8 @@ def load_record(path: str | Path) -> dict:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is named
         raise ValueError(f"gallery record {path} is unreadable: {type(exc).__name__}: {exc}") from exc
+    if isinstance(record, dict) and record.get("stage") == "gallery":  # the stage cache's envelope
+        record = record.get("value")
     if not isinstance(record, dict) or record.get("version") != RECORD_VERSION:
         raise ValueError(f"gallery record {path} is not a version-{RECORD_VERSION} gallery record")
     return record

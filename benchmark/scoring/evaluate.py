@@ -17,8 +17,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from benchmark import metrics, scoring, search
+from benchmark.scoring import kernel as scoring
+from benchmark.scoring import metrics, search
 
+EXTRA_CUTOFFS = (None, 1000, 5000)  # besides the dataset's own: the papers' cut-offs (whole database, 1000, 5000)
 PRECISION_AT = (100, 200, 300, 400, 500, 600, 700, 800, 900, 1000)
 
 

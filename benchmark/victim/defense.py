@@ -19,10 +19,10 @@ import typing
 
 import torch
 
-from benchmark.data import ImageSet
-from benchmark.hashing import HashingMethod, TrainContext
-from benchmark.model import HashModel
+from benchmark.data.images import ImageSet
 from benchmark.plugins import Plugin
+from benchmark.victim.hashing import HashingMethod, TrainContext
+from benchmark.victim.model import HashModel
 
 
 def lr_milestones(optimizer: torch.optim.Optimizer, total_steps: int, fractions: tuple[float, ...] = (0.5, 0.75),
@@ -33,7 +33,7 @@ def lr_milestones(optimizer: torch.optim.Optimizer, total_steps: int, fractions:
     return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=factor)
 
 
-class Defense(Plugin):
+class Defense(Plugin, base=True):
     kind: typing.ClassVar[str] = "defenses"
     protects: typing.ClassVar[bool] = False  # True: a data protection (PPL), evaluated by scenario
     # True: ``fit`` receives the model already trained by the method without defense (same method, backbone,

@@ -24,9 +24,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmark.plan import CellPlan
-from benchmark.progress import Progress
-from benchmark.store import cell_done
+from benchmark.planning.plan import CellPlan
+from benchmark.running.progress import Progress
+from benchmark.storage.results import cell_done
 
 log = logging.getLogger("hashbench")
 RETRIES = 3  # a task whose worker dies (killed, out of memory, node lost) is run again up to this many times
@@ -67,11 +67,11 @@ def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]
     """One task: the cells of one victim, each computed unless stored already; returns their keys."""
     import torch
 
-    from benchmark.claims import claim
-    from benchmark.environment import environment
     from benchmark.plugins import Registry
-    from benchmark.runner import compute_cell, pick_device
-    from benchmark.victims import Workspace
+    from benchmark.running.environment import environment
+    from benchmark.running.runner import compute_cell, pick_device
+    from benchmark.session import Session
+    from benchmark.storage.claims import claim
 
     torch.set_num_threads(max(1, settings.threads))
     device = pick_device(settings.device)
@@ -84,7 +84,7 @@ def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]
             board.report.remote("stage", current[0], message)
 
     current = [""]
-    ws = Workspace(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage)
+    session = Session.start(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage)
     env = environment(device)
     results = Path(settings.results_dir)
     for plan in plans:
@@ -94,7 +94,7 @@ def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]
                 board.report.remote("cached", plan.key)
                 continue
             board.report.remote("started", plan.key, f"{os.uname().nodename}:{os.getpid()}")
-            outcome = compute_cell(plan, ws, results, env)
+            outcome = compute_cell(plan, session, results, env)
             board.report.remote("finished", plan.key, outcome.status, outcome.error, outcome.flags)
     return [plan.key for plan in plans]
 
@@ -145,7 +145,7 @@ def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int) ->
     gpus = ray.cluster_resources().get("GPU", 0)
     resources = {"num_gpus": 1} if gpus else {"num_cpus": max(1, threads)}
     settings = TaskSettings(str(Path(__file__).resolve().parent.parent), str(runner.results_dir.resolve()),
-                            str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.workspace.data_root,
+                            str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.session.data_root,
                             runner.attack_batch,
                             max(1, threads), runner.force)
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark import metrics, search
+from benchmark.scoring import metrics, search
 
 ORDERS = ("auto", "count", "sort", "faiss")
 

@@ -28,7 +28,8 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
-from benchmark.data import DatasetNotFound, FileImages, Splits, data_roots
+from benchmark.data.dataset import DatasetNotFound, Splits, data_roots
+from benchmark.data.images import FileImages
 
 ZERO_LABEL_POLICIES = ("error", "drop", "keep")
 LIST_MARKERS = ("test_img.txt", "test.txt", "all_img.txt", "all.txt")

@@ -11,7 +11,6 @@ cell claimed by another run is taken up at the end, by which time it is usually 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import logging
 import tempfile
 import time
@@ -19,18 +18,19 @@ from pathlib import Path
 
 import torch
 
-from benchmark.cache import check_writable, remove_dead_temporaries
-from benchmark.cell import base_row, run_cell
-from benchmark.claims import claim, try_claim
-from benchmark.environment import environment
-from benchmark.evaluation import EvaluationConventions
-from benchmark.grid import Cell
-from benchmark.plan import CellPlan, Planner
+from benchmark.attack.targets import TARGET_RULES
+from benchmark.cell import run_cell
+from benchmark.planning.grid import Cell
+from benchmark.planning.plan import CellPlan, Planner
 from benchmark.plugins import Registry
-from benchmark.progress import Progress
-from benchmark.store import cell_done, write_cell
-from benchmark.targets import TARGET_RULES
-from benchmark.victims import Workspace
+from benchmark.rows import error_rows, finish_rows
+from benchmark.running.environment import environment
+from benchmark.running.progress import Progress
+from benchmark.scoring.evaluate import EvaluationConventions
+from benchmark.session import Session
+from benchmark.storage.cache import check_writable, remove_dead_temporaries
+from benchmark.storage.claims import claim, try_claim
+from benchmark.storage.results import cell_done, write_cell
 
 log = logging.getLogger("hashbench")
 
@@ -49,22 +49,6 @@ def pick_device(device: str) -> torch.device:
     if picked.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
     return picked
-
-
-def finish_rows(rows: list[dict], env: dict, seconds: float) -> list[dict]:
-    """Stamp a cell's rows with the environment, its wall time and the time it finished."""
-    finished_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    return [{**row, **env, "cell_seconds": seconds, "created_at": finished_at} for row in rows]
-
-
-def error_rows(plan: CellPlan, ws: Workspace, exc: BaseException) -> list[dict]:
-    message = f"{type(exc).__name__}: {exc}"
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        message += f" (attack batch {ws.attack_batch}; rerun with a smaller --attack-batch)"
-    row = base_row(plan, ws, None, None)
-    row.update(status="error", error=message, metric="", value=float("nan"), topk=0, recall=float("nan"),
-               iterations=0)
-    return [row]
 
 
 def save_rows(results_dir: Path, key: str, rows: list[dict]) -> None:
@@ -103,7 +87,9 @@ class Runner:
         self.environment = environment(self.device)
         self.attack_batch = attack_batch  # as asked (0: the device's default), for workers on other devices
         self.planner = Planner(registry, data_root, self.conventions)
-        self.workspace = Workspace(registry, self.cache_dir, self.device, data_root, attack_batch)
+        self.progress: Progress | None = None
+        self.session = Session.start(registry, self.cache_dir, self.device, data_root, attack_batch,
+                                     progress=lambda message: self.progress and self.progress.stage(message))
 
     def plan(self, cell: Cell) -> CellPlan:
         if self.target_rule is not None:
@@ -142,7 +128,7 @@ class Runner:
         """Run every cell not already in the store; return counts of computed/cached/failed cells."""
         self.prepare_folders()
         progress = Progress(len(cells))
-        self.workspace.stage = progress.stage
+        self.progress = progress
         counts = {"ran": 0, "cached": 0, "error": 0}
         deferred: list[CellPlan] = []
         for plan in self.pending(cells, progress, counts):
@@ -168,7 +154,7 @@ class Runner:
 
     def compute(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
         progress.cell_started(plan.cell)
-        outcome = compute_cell(plan, self.workspace, self.results_dir, self.environment)
+        outcome = compute_cell(plan, self.session, self.results_dir, self.environment)
         counts["ran" if outcome.status == "ok" else "error"] += 1
         progress.cell_finished(plan.cell, outcome.status, outcome.error, outcome.flags)
 
@@ -181,19 +167,19 @@ class CellOutcome:
     seconds: float = 0.0
 
 
-def compute_cell(plan: CellPlan, ws: Workspace, results_dir: Path, env: dict) -> CellOutcome:
+def compute_cell(plan: CellPlan, s: Session, results_dir: Path, env: dict) -> CellOutcome:
     """Compute one claimed cell and store its rows: an error row if it failed, but never over a good result.
 
     The local loop and the Ray tasks both call this.
     """
     started = time.perf_counter()
     try:
-        rows, status = run_cell(plan, ws), "ok"
+        rows, status = run_cell(plan, s), "ok"
     except KeyboardInterrupt:
         raise
     except (Exception, SystemExit) as exc:  # a plugin's sys.exit() ends its cell, not the run
         log.debug("cell %s failed", plan.cell.describe(), exc_info=True)
-        rows, status = error_rows(plan, ws, exc), "error"
+        rows, status = error_rows(plan, s.registry, s.attack_batch, exc), "error"
     seconds = time.perf_counter() - started
     rows = finish_rows(rows, env, seconds)
     outcome = CellOutcome(status, rows[0].get("error", ""), rows[0].get("flags", ""), seconds)

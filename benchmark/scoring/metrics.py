@@ -20,7 +20,7 @@ import math
 
 import torch
 
-from benchmark import search
+from benchmark.scoring import search
 
 RELEVANCE = "share_one_label"
 AP_DENOMINATOR = "relevant_in_top_k"

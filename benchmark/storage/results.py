@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmark.cache import atomic_write_bytes, quarantine
+from benchmark.storage.cache import atomic_write_bytes, quarantine
 
 log = logging.getLogger("hashbench")
 

@@ -43,8 +43,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from benchmark.hashing import logistic_pair_loss, pairwise_similarity
-from benchmark.model import binarize
+from benchmark.victim.hashing import logistic_pair_loss, pairwise_similarity
+from benchmark.victim.model import binarize
 
 PROTOTYPE_OBJECTIVES = ("prosgan", "circle")
 

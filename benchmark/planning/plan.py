@@ -1,17 +1,20 @@
 """Planning: every grid cell resolved once into plain data that says what its stages compute.
 
 A ``CellPlan`` names its plugins with their full parameters and source hashes, and carries the content
-keys of its stages: the victim (and the surrogate, the undefended victim a defense starts from, the data
-protection), and the cell itself. It is picklable, so ``run_cell(plan, workspace)`` runs it in this
-process or on a Ray worker alike (see ``benchmark.cell``).
+keys and seeds of its stages: the victim (and the surrogate, the undefended victim a defense starts from,
+the data protection), the codes, the targets, the attack's preparation and outcome, and the scored cell
+itself. It is picklable, so ``run_cell(plan, session)`` runs it in this process or on a Ray worker alike
+(see ``benchmark.cell``).
 
     planner = Planner(registry, data_root=None)
     plans = [planner.plan(cell) for cell in cells]
 
 Keys hash what a stage depends on: plugin names, parameters and source files, the dataset's content
-fingerprint, the seed, the harness version and the shared ``benchmark`` modules the stage runs. Every
-file a cell's numbers depend on is also listed, with its hash, in ``sources`` (stored on every row), so
-the leaderboard can tell a cell computed by code that has changed since.
+fingerprint, the seed, the harness version, the keys of the stages before it, and the harness code the stage
+runs (``benchmark.keys.stage_code``: its subpackage and everything it and its plugins import). Seeds come
+from the cell's identity alone, never from a key, so an edit to code changes no random draw. Every file a
+cell's numbers depend on is listed, with its hash, in ``sources`` (stored on every row), so the leaderboard
+can tell a cell computed by code that has changed since.
 """
 from __future__ import annotations
 
@@ -19,20 +22,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from benchmark import HARNESS_VERSION
-from benchmark.cache import content_key
-from benchmark.evaluation import EvaluationConventions
-from benchmark.grid import Cell
-from benchmark.plugins import REPO_ROOT, Plugin, Registry, file_hash
-
-PACKAGE_DIR = Path(__file__).resolve().parent
-# The shared code each cached stage runs besides the plugin files; editing a module re-runs the stages that
-# use it (and only those). Deliberate changes elsewhere in the harness bump HARNESS_VERSION.
-TRAINING_CODE = ("data", "lists", "model", "hashing", "defense", "victims", "layers", "prototype", "centers")
-ATTACK_CODE = ("attack", "attacking", "centers", "prototype")
-TARGET_CODE = ("targets",)
-EVALUATION_CODE = ("evaluation", "scoring", "metrics", "search", "flags", "cell")
-EXTRA_CUTOFFS = (None, 1000, 5000)  # besides the dataset's own: the papers' cut-offs (whole database, 1000, 5000)
+from benchmark.keys import HARNESS_VERSION, code_hash, content_key, stage_code
+from benchmark.planning.grid import Cell
+from benchmark.plugins import REPO_ROOT, Plugin, Registry
+from benchmark.scoring.evaluate import EvaluationConventions
 
 
 class StalePlan(RuntimeError):
@@ -52,7 +45,7 @@ class PluginChoice:
     @classmethod
     def of(cls, plugin: Plugin) -> "PluginChoice":
         return cls(plugin.kind, plugin.name, json.dumps(plugin.params(), sort_keys=True),
-                   relative(plugin.source_file), plugin.source_hash)
+                   relative(plugin.source_file) if plugin.source_file else "", plugin.source_hash)
 
     @property
     def params(self) -> dict:
@@ -93,8 +86,6 @@ class VictimPlan:
     train_data: str = "clean"
     protection: ProtectionPlan | None = None   # set when train_data is "protected"
     start: "VictimPlan | None" = None          # the undefended victim a ``starts_from_victim`` defense begins from
-    split: str = field(default="", compare=False)  # the cell's split (its queries and database are encoded);
-    # not in the key: a victim depends on its training set alone, so query subsets share it
 
     def label(self) -> str:
         defense = "" if self.defense.name == "none" else f"+{self.defense.name}"
@@ -103,14 +94,54 @@ class VictimPlan:
 
 
 @dataclass(frozen=True)
+class CodesPlan:
+    """A victim's codes of one split's database and queries (with its diagnostics)."""
+
+    key: str
+    victim: VictimPlan
+    split: str                         # the split's fingerprint
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """A victim's codes of the database and queries as a protection releases them (c2a, a2c, a2a)."""
+
+    key: str
+    protection: ProtectionPlan
+    seed: int                          # draws the protected share of the database
+
+
+@dataclass(frozen=True)
+class TargetsPlan:
+    key: str
+    rule: str
+    seed: int
+
+
+@dataclass(frozen=True)
+class AttackPlan:
+    """The attack stage: ``prepare`` on the attacker (cached learned state), then ``perturb`` the queries."""
+
+    key: str                           # the outcome: adversarial codes, perturbation, timing
+    attack: PluginChoice
+    epsilon: float | None
+    prepare_key: str                   # what ``prepare`` learned
+    prepare_seed: int                  # its random draws: the attacker's identity, the attack and its parameters
+    seed: int                          # ``perturb``'s random draws (random starts, anchor picks): the cell's identity
+
+
+@dataclass(frozen=True)
 class CellPlan:
     cell: Cell
-    key: str                           # the scored cell: the attack stage's key, evaluation code, conventions
-    attack_key: str                    # the attack stage: adversarial codes, perturbation, timing (cached)
+    key: str                           # the scored cell: the attack stage's key, scoring code, conventions
     victim: VictimPlan
+    codes: CodesPlan
     surrogate: VictimPlan | None       # None: the victim itself (white box)
-    attack: PluginChoice
+    surrogate_codes: CodesPlan | None
+    targets: TargetsPlan
+    attack: AttackPlan
     protection: ProtectionPlan | None  # the cell's protection, when its defense is one
+    release: ReleasePlan | None        # its released codes, when the scenario protects queries or database
     conventions: EvaluationConventions
     data_identity: dict
     sources: dict = field(default_factory=dict, compare=False, hash=False)
@@ -118,6 +149,10 @@ class CellPlan:
     @property
     def attacker(self) -> VictimPlan:
         return self.surrogate or self.victim
+
+    @property
+    def attack_key(self) -> str:
+        return self.attack.key
 
 
 def relative(path: str | Path) -> str:
@@ -127,18 +162,24 @@ def relative(path: str | Path) -> str:
         return str(path)
 
 
-def module_hashes(modules: tuple[str, ...]) -> dict[str, str]:
-    """{benchmark/<module>.py: hash} of the shared modules (a module not present hashes as 'absent')."""
-    out = {}
-    for module in modules:
-        path = PACKAGE_DIR / f"{module}.py"
-        out[f"benchmark/{module}.py"] = file_hash(path)[:16] if path.exists() else "absent"
-    return out
+def plugin_files(choices) -> list[Path]:
+    """The plugins' source files (a plugin class made in a process, as tests do, has none to follow)."""
+    return [REPO_ROOT / c.source_file for c in choices if c.source_file]
 
 
-def code_hash(modules: tuple[str, ...]) -> str:
-    """Hash of the shared ``benchmark`` modules a stage runs besides the plugin files."""
-    return content_key(files=sorted(module_hashes(modules).items()))
+def identity_seed(**identity) -> int:
+    """A seed from what a draw is for (never from a key: keys hash code, and an edit must not reseed)."""
+    return int(content_key(**identity)[:12], 16)
+
+
+def attack_seed(cell: Cell) -> int:
+    """The seed of an attack's random draws (random starts, anchor picks), from the cell's identity and seed.
+
+    Not from the cell key: editing code or parameters must not change the draws, so a rerun after an edit,
+    or two schedules of one attack, differ by the change alone.
+    """
+    return identity_seed(seed=cell.seed, cell=[cell.dataset, cell.hashing, cell.backbone, cell.bits, cell.defense,
+                                               cell.attack, cell.epsilon, cell.surrogate, cell.scenario])
 
 
 class Planner:
@@ -168,6 +209,9 @@ class Planner:
             self._datasets[choice.params_json + choice.name] = (choice, identity)
         return self._datasets[choice.params_json + choice.name]
 
+    def code(self, stage: str, *choices: PluginChoice) -> str:
+        return code_hash(stage_code(stage, plugin_files(choices)))
+
     def protection(self, cell: Cell) -> ProtectionPlan | None:
         """The protection's plan; its key leaves out the parameters that only change the release."""
         defense = self.choice("defenses", cell.defense, cell)
@@ -176,7 +220,7 @@ class Planner:
             return None
         dataset, identity = self.dataset(cell)
         learned = {k: v for k, v in defense.params.items() if k not in plugin.release_parameters}
-        key = content_key(stage="protection", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
+        key = content_key(stage="protection", harness=HARNESS_VERSION, code=self.code("protection", dataset, defense),
                           dataset=identity["training"], defense=[defense.name, learned, defense.source_hash],
                           seed=cell.seed)
         return ProtectionPlan(key, dataset, defense, cell.seed)
@@ -194,16 +238,20 @@ class Planner:
         start = None
         if self.registry.get("defenses", defense).starts_from_victim:
             start = self.victim(cell, hashing, backbone, bits, "none")
-        parts = dict(stage="victim", harness=HARNESS_VERSION, code=code_hash(TRAINING_CODE),
+        parts = dict(stage="victim", harness=HARNESS_VERSION, code=self.code("victim", dataset, method, training),
                      dataset=identity["training"], hashing=method.identity(), defense=training.identity(),
-                     backbone=backbone, bits=bits,
-                     seed=cell.seed)
+                     backbone=backbone, bits=bits, seed=cell.seed)
         if protection is not None:
             parts.update(train_data=train_data, protection=protection.key)
         if start is not None:
             parts.update(start=start.key)
         return VictimPlan(content_key(**parts), dataset, method, training, backbone, bits, cell.seed,
-                          train_data if protection is not None else "clean", protection, start, identity["split"])
+                          train_data if protection is not None else "clean", protection, start)
+
+    def codes(self, victim: VictimPlan, split: str) -> CodesPlan:
+        key = content_key(stage="codes", harness=HARNESS_VERSION, code=self.code("codes"), victim=victim.key,
+                          split=split)
+        return CodesPlan(key, victim, split)
 
     def surrogate(self, cell: Cell) -> VictimPlan | None:
         if cell.surrogate == "self":
@@ -215,33 +263,65 @@ class Planner:
         self.registry.get("hashing", parts[0])
         return self.victim(cell, parts[0], parts[1], int(parts[2]), "none")
 
+    def release(self, cell: Cell, codes: CodesPlan, protection: ProtectionPlan | None) -> ReleasePlan | None:
+        if protection is None or cell.scenario == "c2c":
+            return None
+        key = content_key(stage="release", harness=HARNESS_VERSION, code=self.code("codes", protection.defense),
+                          victim=codes.victim.key, split=codes.split, protection=protection.key,
+                          release=protection.defense.params, seed=cell.seed)
+        return ReleasePlan(key, protection, cell.seed)
+
+    def targets(self, cell: Cell, split: str) -> TargetsPlan:
+        key = content_key(stage="targets", harness=HARNESS_VERSION, code=self.code("targets"), split=split,
+                          seed=cell.seed, rule=cell.target_rule)
+        return TargetsPlan(key, cell.target_rule, 10_007 + cell.seed)
+
+    def attack(self, cell: Cell, identity: dict, victim: VictimPlan, attacker: VictimPlan,
+               surrogate: VictimPlan | None, protection: ProtectionPlan | None, targets: TargetsPlan) -> AttackPlan:
+        attack = self.choice("attacks", cell.attack, cell)
+        configured = attack.configure(self.registry)
+        prepared = [attack.name, configured.prepare_parameters(), attack.source_hash]
+        prepare_key = content_key(stage="prepare", harness=HARNESS_VERSION, code=self.code("prepare", attack),
+                                  victim=attacker.key, attack=prepared, seed=cell.seed)
+        prepare_seed = identity_seed(seed=cell.seed, attack=[attack.name, configured.prepare_parameters()],
+                                     attacker=[cell.dataset, attacker.hashing.name, attacker.backbone, attacker.bits,
+                                               attacker.defense.name, attacker.train_data])
+        key = content_key(stage="attack", harness=HARNESS_VERSION, code=self.code("attack", attack),
+                          dataset={k: v for k, v in identity.items() if k != "training"}, victim=victim.key,
+                          surrogate=surrogate.key if surrogate else "self", attack=attack.identity(),
+                          epsilon=cell.epsilon, scenario=cell.scenario,
+                          protection=([protection.key, protection.defense.params]
+                                      if protection and cell.scenario != "c2c" else None),
+                          targets=targets.key)
+        return AttackPlan(key, attack, cell.epsilon, prepare_key, prepare_seed, attack_seed(cell))
+
     def plan(self, cell: Cell) -> CellPlan:
         dataset, identity = self.dataset(cell)
         victim = self.victim(cell, cell.hashing, cell.backbone, cell.bits, cell.defense, cell.train_data)
         surrogate = self.surrogate(cell)
-        attack = self.choice("attacks", cell.attack, cell)
         protection = self.protection(cell)
-        attack_key = content_key(stage="attack", harness=HARNESS_VERSION, code=code_hash(ATTACK_CODE + TARGET_CODE),
-                                 dataset={k: v for k, v in identity.items() if k != "training"}, victim=victim.key, surrogate=surrogate.key if surrogate else "self",
-                                 attack=attack.identity(), epsilon=cell.epsilon, scenario=cell.scenario,
-                                 protection=([protection.key, protection.defense.params]
-                                             if protection and cell.scenario != "c2c" else None),
-                                 target_rule=cell.target_rule)
-        key = content_key(stage="cell", harness=HARNESS_VERSION, attack=attack_key, code=code_hash(EVALUATION_CODE),
+        codes = self.codes(victim, identity["split"])
+        targets = self.targets(cell, identity["split"])
+        attack = self.attack(cell, identity, victim, surrogate or victim, surrogate, protection, targets)
+        cell_code = stage_code("cell", plugin_files([attack.attack]))
+        key = content_key(stage="cell", harness=HARNESS_VERSION, attack=attack.key, code=code_hash(cell_code),
                           conventions=self.conventions.as_dict())
-        return CellPlan(cell, key, attack_key, victim, surrogate, attack, protection, self.conventions, identity,
-                        self.sources(victim, surrogate, attack, protection))
+        return CellPlan(cell, key, victim, codes, surrogate, surrogate and self.codes(surrogate, identity["split"]),
+                        targets, attack, protection, self.release(cell, codes, protection), self.conventions,
+                        identity, self.sources(victim, surrogate, attack.attack, protection, cell_code))
 
     def sources(self, victim: VictimPlan, surrogate: VictimPlan | None, attack: PluginChoice,
-                protection: ProtectionPlan | None) -> dict[str, str]:
+                protection: ProtectionPlan | None, cell_code: dict[str, str]) -> dict[str, str]:
         """Every file the cell's numbers depend on, with its hash (16 hex digits)."""
         files = {}
         for plan in filter(None, (victim, surrogate, victim.start, surrogate and surrogate.start)):
             for choice in (plan.dataset, plan.hashing, plan.defense):
                 files[choice.source_file] = choice.source_hash[:16]
-        for choice in filter(None, (attack, protection and protection.defense,
-                                    victim.protection and victim.protection.defense)):
+        chosen = filter(None, (attack, protection and protection.defense, victim.protection and victim.protection.defense))
+        for choice in chosen:
             files[choice.source_file] = choice.source_hash[:16]
-        modules = module_hashes(TRAINING_CODE + ATTACK_CODE + TARGET_CODE + EVALUATION_CODE)
-        files.update({path: digest for path, digest in modules.items() if digest != "absent"})
+        plugins = [REPO_ROOT / f for f in files if f]
+        for stage in ("victim", "codes", "attack"):
+            files.update(stage_code(stage, plugins))
+        files.update(cell_code)
         return dict(sorted(files.items()))

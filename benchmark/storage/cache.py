@@ -1,4 +1,5 @@
-"""A stage cache keyed by content: trained victims, database codes, attack preparations, cell outputs.
+"""The stage cache keyed by content (trained victims, codes, attack preparations and outputs, cell outputs), and
+``cached``, the one load-claim-recheck-compute-save sequence every cached stage goes through.
 
 A key is the hash of everything a stage depends on (plugin file hashes, parameters, data split, seed,
 harness version). Writes are atomic (temporary name, then rename), so a killed run never leaves a
@@ -6,25 +7,20 @@ half-written entry; an entry that cannot be read is reported, moved aside and re
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
 import socket
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
+from benchmark.storage.claims import claim
+
 log = logging.getLogger("hashbench")
-
-
-def content_key(**parts) -> str:
-    """A stable 20-hex-digit key for a JSON-serialisable description."""
-    text = json.dumps(parts, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
 TEMPORARY_PREFIX = ".tmp-"
@@ -101,6 +97,8 @@ def quarantine(path: Path, reason: str) -> None:
 
 
 class StageCache:
+    """``<root>/<stage>/<key>.pt`` files; each holds its stage and key, checked when it is read back."""
+
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
@@ -108,19 +106,44 @@ class StageCache:
         return self.root / stage / f"{key}.pt"
 
     def load(self, stage: str, key: str):
-        """The stored object, or None if absent or unreadable."""
+        """The stored value, or None if absent, unreadable or stored under another stage or key."""
         path = self.path(stage, key)
         if not path.exists():
             return None
         try:
-            return torch.load(path, map_location="cpu", weights_only=False)
+            stored = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as exc:
             quarantine(path, f"{type(exc).__name__}: {exc}")
             return None
+        if not isinstance(stored, dict) or (stored.get("stage"), stored.get("key")) != (stage, key):
+            found = (stored.get("stage"), stored.get("key")) if isinstance(stored, dict) else type(stored).__name__
+            quarantine(path, f"it holds {found}, not {stage} {key} (copied or renamed?)")
+            return None
+        return stored["value"]
 
-    def save(self, stage: str, key: str, obj) -> Path:
+    def save(self, stage: str, key: str, value) -> Path:
         buffer = io.BytesIO()
-        torch.save(obj, buffer)
+        torch.save({"stage": stage, "key": key, "value": value}, buffer)
         path = self.path(stage, key)
         atomic_write_bytes(path, buffer.getvalue())
         return path
+
+
+def cached(cache: StageCache, stage: str, key: str, compute: Callable[[], object],
+           waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True):
+    """A stage's value: loaded from the cache, or computed under the stage's claim and saved.
+
+    Load; if absent, claim (two runs never compute one stage at once; ``waiting`` is called if another run
+    holds the claim), load again (that run may have finished it), compute, save (unless ``store`` says the
+    value is not worth keeping), release.
+    """
+    value = cache.load(stage, key)
+    if value is not None:
+        return value
+    with claim(cache.root, stage, key, wait=waiting):
+        value = cache.load(stage, key)
+        if value is None:
+            value = compute()
+            if store(value):
+                cache.save(stage, key, value)
+    return value

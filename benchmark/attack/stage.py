@@ -1,0 +1,278 @@
+"""The attack stage: prepare an attack once per attacker, perturb the queries, keep the harness's promises.
+
+    targets = target_labels(plan.targets, splits, session)                     # .cache/targets/<key>.pt
+    attacked = attacked_queries(plan.attack, victim, attacker, attacker_codes, splits, targets, session)
+    attacked = released_queries(plan, codes, released, protection, splits, session)   # a protection's cell
+
+``prepare`` runs on the attacker (the victim itself, or the cell's surrogate) with its random draws seeded
+from the attacker's and the attack's identity; what it learned (``state_dict``: a PrototypeNet, a generator)
+and what it recorded (``AttackContext.info``: loss curves) are cached under the prepare key, so a second
+epsilon or query subset reuses them. The outcome (codes, perturbation statistics, timing, gallery images,
+the prepare record) is cached under the attack key, apart from scoring: a change to scoring re-scores, never
+re-attacks. Whatever a plugin does, the harness
+- hands it copies (images, labels, targets, database codes), keeping its own to check against, so an
+  attack that writes into its inputs cannot fake its budget or change another cell's numbers;
+- checks the returned images' shape and finiteness, counts those outside the epsilon ball (or [0, 1] for an
+  unbounded attack) before projecting them onto it, and records L-inf, L2 and perceptibility;
+- times ``perturb`` alone, CUDA-synchronised, and checks that neither model's weights changed.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.attack.base import Attack, AttackContext, Perturbed, project
+from benchmark.attack.targets import draw_target_labels
+from benchmark.data.dataset import Splits
+from benchmark.data.images import ImageSet
+from benchmark.planning.plan import AttackPlan, CellPlan, TargetsPlan
+from benchmark.session import Session
+from benchmark.storage.cache import cached
+from benchmark.victim.model import HashModel
+from benchmark.victim.train import ProtectedImages, Protection, Trained, model_checksum
+
+
+@dataclass
+class AttackOutcome:
+    codes: dict[int, torch.Tensor]            # {iterations: (Q, K) adversarial codes}; the largest is final
+    target_codes: dict[str, torch.Tensor]     # {"anchor_code": (Q, K)} codes the attack aimed at
+    perturbation: dict[str, float]            # of the final images: perceptibility, linf, linf_mean, l2, violations
+    seconds: float                            # in perturb, all queries
+    gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)} of ``keep``
+    snapshot_perturbation: dict[int, dict[str, float]] = field(default_factory=dict)  # the same, earlier snapshots
+
+    @property
+    def final_iterations(self) -> int:
+        return max(self.codes)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class PerturbationStatistics:
+    """Running L-inf, L2 and squared error of the final images against the clean ones."""
+
+    def __init__(self):
+        self.squared, self.pixels, self.violations, self.count = 0.0, 0, 0, 0
+        self.linf, self.l2 = [], []
+
+    def add(self, x: torch.Tensor, x_adv: torch.Tensor, violations: int) -> None:
+        difference = (x_adv - x).flatten(1)
+        self.linf.append(difference.abs().amax(1).cpu())
+        self.l2.append(difference.norm(dim=1).cpu())
+        self.squared += float(difference.double().pow(2).sum())
+        self.pixels += difference.numel()
+        self.violations += violations
+        self.count += len(x)
+
+    def result(self) -> dict[str, float]:
+        linf = torch.cat(self.linf)
+        return {"perceptibility": (self.squared / max(self.pixels, 1)) ** 0.5, "linf": float(linf.max()),
+                "linf_mean": float(linf.mean()), "l2": float(torch.cat(self.l2).mean()),
+                "violations": self.violations / max(self.count, 1)}
+
+
+def check_images(name: str, x_adv, x: torch.Tensor, where: str) -> torch.Tensor:
+    if not isinstance(x_adv, torch.Tensor):
+        raise TypeError(f"attack {name} returned {type(x_adv).__name__} {where}; expected a tensor or Perturbed")
+    if x_adv.shape != x.shape:
+        raise ValueError(f"attack {name} returned shape {tuple(x_adv.shape)} {where} for queries of shape "
+                         f"{tuple(x.shape)}")
+    if not torch.isfinite(x_adv).all():
+        raise FloatingPointError(f"attack {name} returned NaN or infinite pixels {where}")
+    return x_adv.detach().to(x.device, x.dtype)
+
+
+def enforce_budget(x_adv: torch.Tensor, x: torch.Tensor, epsilon: float | None) -> tuple[torch.Tensor, int]:
+    """The images inside the epsilon ball and [0, 1] (only [0, 1] when ``epsilon`` is None); how many were not."""
+    tolerance = 1e-6
+    outside_range = (x_adv < -tolerance) | (x_adv > 1 + tolerance)
+    bad = outside_range.flatten(1).any(1)
+    if epsilon is not None:
+        bad |= (x_adv - x).flatten(1).abs().amax(1) > epsilon + tolerance
+        return project(x_adv, x, epsilon), int(bad.sum())
+    return x_adv.clamp(0, 1), int(bad.sum())
+
+
+def target_labels(plan: TargetsPlan, splits: Splits, s: Session) -> torch.Tensor:
+    """One target label per query, drawn once per (split, seed, rule) and shared by every cell of the split."""
+    def draw() -> torch.Tensor:
+        generator = torch.Generator().manual_seed(plan.seed)
+        return draw_target_labels(splits.query.labels, splits.database.labels, generator, plan.rule)
+
+    return cached(s.cache, "targets", plan.key, draw)
+
+
+@dataclass
+class Attacked:
+    """The attack stage's result: the outcome, and what preparing the attack took and recorded."""
+
+    outcome: "AttackOutcome"
+    prepare_seconds: float = 0.0
+    prepare_info: dict = field(default_factory=dict)
+
+
+def attacked_queries(plan: AttackPlan, victim: Trained, attacker: Trained, attacker_database: torch.Tensor,
+                     splits: Splits, targets: torch.Tensor, s: Session) -> Attacked:
+    """Prepare the attack on the attacker, perturb every query (cached by the attack key, under a claim)."""
+    label = plan.attack.name
+    stored = cached(s.cache, "attacks", plan.key,
+                    lambda: attack_all(plan, victim, attacker, attacker_database, splits, targets, s),
+                    waiting=lambda: s.stage(f"waiting for another run attacking with {label}"))
+    return Attacked(AttackOutcome(**stored["outcome"]), stored["prepare_seconds"], stored["prepare_info"])
+
+
+def attack_all(plan: AttackPlan, victim: Trained, attacker: Trained, attacker_database: torch.Tensor,
+               splits: Splits, targets: torch.Tensor, s: Session) -> dict:
+    attack = plan.attack.configure(s.registry)
+    if plan.epsilon is not None:
+        attack.epsilon = plan.epsilon
+    ctx = AttackContext(model=attacker.model, database_codes=attacker_database.clone(),
+                        database_labels=splits.database.labels.to(s.device).clone(), train=splits.train,
+                        num_classes=splits.num_classes, bits=attacker.plan.bits, device=s.device,
+                        generator=torch.Generator().manual_seed(plan.prepare_seed),
+                        progress=lambda message: s.stage(f"preparing {attack.label()}: {message}"))
+    checksums = [model_checksum(m.model) for m in (victim, attacker)]
+    s.stage(f"preparing {attack.label()}")
+    prepared = prepare(attack, ctx, plan, s)
+    ctx.generator.manual_seed(plan.seed)
+    outcome = perturb_queries(attack, splits.query, targets, plan.epsilon, victim.model, s.attack_batch, s.device,
+                              s.stage, keep=gallery_queries(len(splits.query), victim.plan.seed))
+    if [model_checksum(m.model) for m in (victim, attacker)] != checksums:
+        raise RuntimeError(f"attack {attack.name} changed the weights of the model it attacked; an attack must not "
+                           f"modify the victim or surrogate (work on a copy)")
+    return {"outcome": vars(outcome), "prepare_seconds": prepared["seconds"], "prepare_info": prepared["info"]}
+
+
+def prepare(attack: Attack, ctx: AttackContext, plan: AttackPlan, s: Session) -> dict:
+    """Run ``attack.prepare`` or restore its cached learned state; the seconds it took when first run, and
+    what it recorded in ``ctx.info`` (loss curves). Learned state is cached under its claim."""
+    ran = []
+
+    def run() -> dict:
+        started = time.perf_counter()
+        attack.prepare(ctx)
+        synchronize(ctx.device)
+        ran.append(True)
+        info = {name: value for name, value in ctx.info.items() if not name.startswith("_")}
+        return {"state": attack.state_dict(), "seconds": time.perf_counter() - started, "info": info}
+
+    stored = cached(s.cache, "prepared", plan.prepare_key, run, store=lambda value: value["state"] is not None,
+                    waiting=lambda: s.stage(f"waiting for another run preparing {attack.label()}"))
+    if not ran:  # restored from the cache: the plugin gets its context and learned state back
+        attack.ctx = ctx
+        attack.load_state_dict(stored["state"])
+    return stored
+
+
+@torch.no_grad()
+def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: dict | None, protection: Protection,
+                     splits: Splits, s: Session) -> Attacked:
+    """A protection cell's queries as its scenario releases them (clean, or protected: c2c/c2a vs a2c/a2a)."""
+    def release() -> dict:
+        protected_queries = plan.cell.scenario[0] == "a"
+        query_codes = released["query"] if protected_queries else clean_query_codes.cpu()
+        statistics, seconds = PerturbationStatistics(), 0.0
+        kept = Kept(gallery_queries(len(splits.query), plan.victim.seed))
+        images = ProtectedImages(splits.query, protection.defense, device=s.device) if protected_queries else splits.query
+        for x, _, index in splits.query.batches(s.attack_batch):
+            synchronize(s.device)
+            started = time.perf_counter()
+            x_released = images.load(index)
+            synchronize(s.device)
+            seconds += time.perf_counter() - started
+            statistics.add(x, x_released, 0)
+            kept.add(index, x, x_released)
+        outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
+        return {"outcome": vars(outcome), "prepare_seconds": 0.0, "prepare_info": {}}
+
+    stored = cached(s.cache, "attacks", plan.attack.key, release)
+    return Attacked(AttackOutcome(**stored["outcome"]), stored["prepare_seconds"], stored["prepare_info"])
+
+
+def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, epsilon: float | None,
+                   victim: HashModel, batch_size: int, device: torch.device, stage=lambda message: None,
+                   keep: torch.Tensor | None = None) -> AttackOutcome:
+    """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs.
+
+    The final clean and adversarial images of the queries at ``keep`` are returned for the gallery.
+    """
+    codes: dict[int, list[torch.Tensor]] = {}
+    target_codes: dict[str, list[torch.Tensor]] = {}
+    statistics: dict[int, PerturbationStatistics] = {}
+    kept = Kept(keep)
+    seconds, done = 0.0, 0
+    for x, labels, index in queries.batches(batch_size):
+        x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
+        synchronize(device)
+        started = time.perf_counter()
+        output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
+        synchronize(device)
+        seconds += time.perf_counter() - started
+        output = output if isinstance(output, Perturbed) else Perturbed(output)
+        snapshots = output.snapshots() or {attack.iteration_count(): output.final()}
+        if codes and set(snapshots) != set(codes):
+            raise ValueError(f"attack {attack.name} returned snapshots at iterations {sorted(snapshots)} for one batch "
+                             f"and {sorted(codes)} for another")
+        final_iteration = max(snapshots)
+        for iteration, images in sorted(snapshots.items()):
+            images = check_images(attack.name, images, x, f"at iteration {iteration}")
+            images, violations = enforce_budget(images, x, epsilon)
+            statistics.setdefault(iteration, PerturbationStatistics()).add(x, images, violations)
+            if iteration == final_iteration:
+                kept.add(index, x, images)
+            victim.eval()
+            codes.setdefault(iteration, []).append(victim.codes(images).cpu())
+        for name, aimed in output.codes.items():
+            target_codes.setdefault(name, []).append(check_codes(attack.name, name, aimed, len(x)))
+        done += len(x)
+        stage(f"attacking {done}/{len(queries)} queries")
+    final = max(statistics)
+    return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
+                         {name: torch.cat(c) for name, c in target_codes.items()},
+                         statistics[final].result(), seconds, kept.result(),
+                         {it: s.result() for it, s in statistics.items() if it != final})
+
+
+class Kept:
+    """Clean and adversarial images of a few chosen queries, gathered across batches."""
+
+    def __init__(self, keep: torch.Tensor | None):
+        self.keep = keep if keep is not None else torch.empty(0, dtype=torch.long)
+        self.clean, self.adversarial = {}, {}
+
+    def add(self, index: torch.Tensor, x: torch.Tensor, x_adv: torch.Tensor) -> None:
+        for position in torch.nonzero(torch.isin(index, self.keep)).flatten().tolist():
+            self.clean[int(index[position])] = x[position].cpu()
+            self.adversarial[int(index[position])] = x_adv[position].cpu()
+
+    def result(self) -> dict:
+        if not self.clean:
+            return {}
+        order = sorted(self.clean)
+        return {"index": torch.tensor(order), "clean": torch.stack([self.clean[i] for i in order]),
+                "adversarial": torch.stack([self.adversarial[i] for i in order])}
+
+
+def check_codes(attack: str, name: str, codes, n: int) -> torch.Tensor:
+    if not isinstance(codes, torch.Tensor) or codes.ndim != 2 or len(codes) != n:
+        raise ValueError(f"attack {attack} reported {name!r} codes of shape "
+                         f"{tuple(getattr(codes, 'shape', ()))}; expected ({n}, K) +-1 codes, one per query")
+    if not (codes.abs() == 1).all():
+        raise ValueError(f"attack {attack} reported {name!r} codes that are not all -1 or +1")
+    return codes.detach().float().cpu()
+
+
+GALLERY_QUERIES = 4     # queries shown per cell
+
+
+def gallery_queries(n_query: int, seed: int, count: int = GALLERY_QUERIES) -> torch.Tensor:
+    """Indices of the queries shown, a seeded draw that is the same for every attack on one query set."""
+    if n_query <= 0:
+        raise ValueError(f"gallery_queries needs at least one query; got n_query={n_query}")
+    generator = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n_query, generator=generator)[:count].sort().values

@@ -1,0 +1,1 @@
+"""The data stage: image sets (`images`), the retrieval protocol and the Dataset plugin base (`dataset`), the papers' list formats (`lists`)."""

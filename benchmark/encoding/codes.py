@@ -1,0 +1,63 @@
+"""The codes stage: a trained victim's codes of one split (sign of its outputs, 0 -> +1), cached by key.
+
+    codes = clean_codes(plan.codes, victim, splits, session)          # .cache/codes/<key>.pt, with diagnostics
+    released = released_codes(plan.release, victim, protection, splits, session)   # protected database, queries
+
+The victim's diagnostics (``benchmark.scoring.flags.victim_diagnostics``: code diversity, a clean-mAP probe,
+an input-gradient probe) are computed with its clean codes and cached with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.data.dataset import Splits
+from benchmark.data.images import ImageSet
+from benchmark.planning.plan import CodesPlan, ReleasePlan
+from benchmark.scoring.flags import victim_diagnostics
+from benchmark.session import Session
+from benchmark.storage.cache import cached
+from benchmark.victim.model import HashModel
+from benchmark.victim.train import ProtectedImages, Protection, Trained
+
+
+@dataclass
+class Codes:
+    database: torch.Tensor        # (N, K) in {-1, +1}, on the session's device
+    query: torch.Tensor           # (Q, K)
+    diagnostics: dict = field(default_factory=dict)
+
+
+def clean_codes(plan: CodesPlan, victim: Trained, splits: Splits, s: Session) -> Codes:
+    """The victim's database and query codes of the split, and its diagnostics."""
+    def encode_split() -> dict:
+        s.stage(f"encoding database and queries with {plan.victim.label()}")
+        codes = {"database": encode(victim.model, splits.database, s.device),
+                 "query": encode(victim.model, splits.query, s.device)}
+        codes["diagnostics"] = victim_diagnostics(victim.model, codes["database"], codes["query"], splits, s.device)
+        return codes
+
+    stored = s.memo.get("codes", plan.key, lambda: cached(s.cache, "codes", plan.key, encode_split))
+    return Codes(stored["database"].to(s.device), stored["query"].to(s.device), stored.get("diagnostics", {}))
+
+
+def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, splits: Splits, s: Session) -> dict:
+    """Codes of the protected database (the protection's released share) and of the protected queries."""
+    def encode_release() -> dict:
+        defense = protection.defense
+        mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
+        if mask.shape != (len(splits.database),) or mask.dtype != torch.bool:
+            raise ValueError(f"protection {defense.name!r}.database_mask returned {tuple(mask.shape)} "
+                             f"{mask.dtype}; expected a bool tensor of shape ({len(splits.database)},)")
+        s.stage(f"encoding the protected database and queries with {victim.plan.label()}")
+        return {"database": encode(victim.model, ProtectedImages(splits.database, defense, mask, s.device), s.device),
+                "query": encode(victim.model, ProtectedImages(splits.query, defense, device=s.device), s.device),
+                "database_share": float(mask.float().mean())}
+
+    return cached(s.cache, "codes", plan.key, encode_release)
+
+
+@torch.no_grad()
+def encode(model: HashModel, images: ImageSet, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
+    return torch.cat([model.codes(x.to(device)).cpu() for x, _, _ in images.batches(batch_size)])

@@ -1,0 +1,1 @@
+"""Shared pieces of the papers' methods, in the harness because a plugin cannot import another plugin: PGD toward codes, anchor codes and HAG's loss (`steps`), CgAT's center codes, the PrototypeNet of THA/ProS-GAN/ATRDH, PPL's gradient reversal layer and SMMD (`layers`), DSDH's discrete step."""

@@ -1,0 +1,1 @@
+"""The scoring stage: Hamming search (`search`), the counting kernel (`kernel`), reference metrics (`metrics`), metric rows and conventions (`evaluate`), sanity flags (`flags`), the gallery record (`gallery`)."""

@@ -1,0 +1,187 @@
+"""The victim stage: a trained hashing model (and a data protection's learned generator), trained once per key.
+
+    victim = trained_victim(plan.victim, splits, session)        # .cache/victims/<key>.pt
+    protection = trained_protection(plan.protection, splits, session)   # .cache/protections/<key>.pt
+
+A victim's initial weights are drawn from its seed alone; its defense's ``fit`` trains it with the global RNG
+and the batch-order generator seeded from the same seed. A defense that ``starts_from_victim`` (CgAT,
+ATRDH) begins from the undefended victim's weights; a victim trained on protected data sees the protection's
+release of its training images. Weights left non-finite fail the training; a victim whose training failed is
+not retrained for every cell of it in the same run.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from benchmark.data.dataset import Splits
+from benchmark.data.images import ImageSet
+from benchmark.planning.plan import ProtectionPlan, VictimPlan
+from benchmark.session import Session
+from benchmark.storage.cache import cached
+from benchmark.victim.hashing import TrainContext, TrainingDiverged
+from benchmark.victim.model import HashModel, build_victim
+
+log = logging.getLogger("hashbench")
+
+
+class VictimTrainingFailed(RuntimeError):
+    """A victim whose training already failed in this run (the first failure's message follows)."""
+
+
+@dataclass
+class Trained:
+    plan: VictimPlan
+    model: HashModel              # eval mode, frozen
+    info: dict = field(default_factory=dict)  # what its training recorded (seconds, losses, flags)
+
+
+@dataclass
+class Protection:
+    plan: ProtectionPlan
+    defense: object               # the configured defense with its learned state loaded
+    info: dict = field(default_factory=dict)
+
+
+def trained_victim(plan: VictimPlan, splits: Splits, s: Session) -> Trained:
+    """The trained victim (memoised in this process, cached by key, trained under a claim)."""
+    return s.memo.get("victims", plan.key, lambda: load_or_train_victim(plan, splits, s))
+
+
+def load_or_train_victim(plan: VictimPlan, splits: Splits, s: Session) -> Trained:
+    if plan.key in s.failed_victims:  # not retrained for every cell of it; a new run tries again
+        raise VictimTrainingFailed(f"training {plan.label()} failed earlier in this run: {s.failed_victims[plan.key]}")
+    model = fresh_model(plan, splits, s.device)
+
+    def train() -> dict:
+        try:
+            return train_victim(plan, splits, model, s)
+        except (KeyboardInterrupt, VictimTrainingFailed):
+            raise
+        except Exception as exc:
+            s.failed_victims[plan.key] = f"{type(exc).__name__}: {exc}"
+            raise
+
+    stored = cached(s.cache, "victims", plan.key, train,
+                    waiting=lambda: s.stage(f"waiting for another run training {plan.label()}"))
+    model.load_state_dict(stored["state"])
+    freeze(model)
+    return Trained(plan, model, stored.get("info", {}))
+
+
+def fresh_model(plan: VictimPlan, splits: Splits, device: torch.device) -> HashModel:
+    channels, size, _ = splits.image_shape()
+    with torch.random.fork_rng(devices=[]):  # the initial weights depend on the seed only, not on what ran before
+        torch.manual_seed(plan.seed)
+        model = build_victim(plan.backbone, plan.bits, channels, size, splits.mean, splits.std)
+    return model.to(device)
+
+
+def train_victim(plan: VictimPlan, splits: Splits, model: HashModel, s: Session) -> dict:
+    method = plan.hashing.configure(s.registry)
+    defense = plan.defense.configure(s.registry)
+    train = splits.train
+    if plan.protection is not None:
+        train = ProtectedImages(train, trained_protection(plan.protection, splits, s).defense, device=s.device)
+    start = trained_victim(plan.start, splits, s) if plan.start is not None else None
+    if start is not None:  # adversarial fine-tuning starts from the undefended victim's weights
+        model.load_state_dict(start.model.state_dict())
+    torch.manual_seed(plan.seed)
+    ctx = train_context(plan.seed, plan.label(), splits, s)
+    log.info("training %s (%s, defense %s)", plan.label(), method.label(), defense.label())
+    model.train()
+    started = time.perf_counter()
+    defense.fit(method, model, train, ctx)
+    ctx.info["train_seconds"] = time.perf_counter() - started
+    if start is not None:
+        ctx.info["start_train_seconds"] = start.info.get("train_seconds", float("nan"))
+    check_finite_weights(model, f"training {plan.label()} ({method.name}, defense {defense.name})")
+    model.eval()
+    return {"state": model.state_dict(), "info": ctx.info}
+
+
+def trained_protection(plan: ProtectionPlan, splits: Splits, s: Session) -> Protection:
+    """The configured protection with its learned state (trained once per key, then cached)."""
+    return s.memo.get("protections", plan.key, lambda: load_or_train_protection(plan, splits, s))
+
+
+def load_or_train_protection(plan: ProtectionPlan, splits: Splits, s: Session) -> Protection:
+    defense = plan.defense.configure(s.registry)
+    stored = cached(s.cache, "protections", plan.key, lambda: train_protection(defense, splits, plan, s),
+                    waiting=lambda: s.stage(f"waiting for another run training protection {defense.label()}"))
+    defense.load_state_dict(stored["state"])
+    return Protection(plan, defense, stored.get("info", {}))
+
+
+def train_protection(defense, splits: Splits, plan: ProtectionPlan, s: Session) -> dict:
+    torch.manual_seed(plan.seed)
+    ctx = train_context(plan.seed, f"protection {defense.label()}", splits, s)
+    s.stage(f"training protection {defense.label()}")
+    started = time.perf_counter()
+    defense.prepare_protection(splits.train, ctx)
+    ctx.info["train_seconds"] = time.perf_counter() - started
+    state = defense.state_dict()
+    if state is None:
+        raise TypeError(f"protection {defense.name!r} returned no state_dict(); a protection must return what "
+                        f"prepare_protection learned")
+    return {"state": state, "info": ctx.info}
+
+
+def train_context(seed: int, what: str, splits: Splits, s: Session) -> TrainContext:
+    return TrainContext(device=s.device, generator=torch.Generator().manual_seed(seed),
+                        num_classes=splits.num_classes, progress=lambda message: s.stage(f"training {what}: {message}"))
+
+
+class ProtectedImages(ImageSet):
+    """A set's images as a protection releases them (``defense.protect``), items outside ``mask`` left clean."""
+
+    def __init__(self, base: ImageSet, protection, mask: torch.Tensor | None = None, device: torch.device | None = None):
+        self.base, self.protection, self.device = base, protection, device or torch.device("cpu")
+        self.mask = mask
+        self.labels = base.labels
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @torch.no_grad()
+    def load(self, index: torch.Tensor) -> torch.Tensor:
+        clean = self.base.load(index)
+        protected = self.protection.protect(clean.to(self.device)).to(clean.device)
+        if protected.shape != clean.shape or not torch.isfinite(protected).all():
+            raise ValueError(f"protection {self.protection.name!r} returned {tuple(protected.shape)} "
+                             f"(finite: {bool(torch.isfinite(protected).all())}) for images {tuple(clean.shape)}")
+        protected = protected.clamp(0, 1)
+        if self.mask is not None:
+            keep = ~self.mask[index].view(-1, *[1] * (clean.ndim - 1))
+            protected = torch.where(keep, clean, protected)
+        return protected
+
+    def identity(self) -> str:
+        return f"protected:{self.base.identity()}"
+
+
+def model_checksum(model: torch.nn.Module) -> str:
+    """Hash of every parameter and buffer, to tell whether a plugin changed the model in place."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_finite_weights(model: torch.nn.Module, what: str) -> None:
+    bad = [name for name, tensor in model.state_dict().items()
+           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if bad:
+        raise TrainingDiverged(f"{what} left non-finite weights in {', '.join(bad[:3])}"
+                               f"{' and more' if len(bad) > 3 else ''}")
+
+
+def freeze(model: torch.nn.Module) -> None:
+    model.eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
