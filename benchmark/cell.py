@@ -50,6 +50,7 @@ def run_cell(plan: CellPlan, s: Session) -> list[dict]:
                                      "prepare_info": attacked.prepare_info})
     if attacked.outcome.gallery:
         s.cache.save("gallery", plan.key, gallery(plan, victim, codes, attacked, database, targets, splits, s))
+    s.cache.save("curves", plan.key, training_records(plan, victim, protection, attacked))
     return cell_rows(plan, metrics, s.registry, s.attack_batch, victim.info.get("train_seconds", float("nan")),
                      cell_flags)
 
@@ -138,6 +139,17 @@ def sanity_flags(plan: CellPlan, victim: Trained, codes: Codes, protection: Prot
     return flags.victim_flags(codes.diagnostics) + trained + flags.cell_flags(
         perturbs=perturbs, changed_share=changed, violations=attacked.outcome.perturbation["violations"],
         unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets))
+
+
+def training_records(plan: CellPlan, victim: Trained, protection: Protection | None, attacked: Attacked) -> dict:
+    """What the cell's trained parts recorded while training (``TrainContext.info``, ``AttackContext.info``):
+    the loss curves the curves page draws, by who trained them."""
+    records = {f"victim {plan.victim.label()}": victim.info}
+    if protection is not None:
+        records[f"protection {protection.defense.label()}"] = protection.info
+    if attacked.prepare_info:
+        records[f"attack {plan.attack.attack.name} prepared on {plan.attacker.label()}"] = attacked.prepare_info
+    return {"version": 1, "records": records}
 
 
 def gallery(plan: CellPlan, victim: Trained, codes: Codes, attacked: Attacked, database: torch.Tensor,

@@ -38,6 +38,7 @@ STAGE_CODE = {
 OUTSIDE_STAGES = {
     "__init__.py": "re-exports the plugin API; a plugin's key follows the module each name it imports comes from",
     "keys.py": "computes the keys themselves (HARNESS_VERSION is in every key)",
+    "cli.py": "the command line: parses what to run and hands it to the planner and the executors",
     "session.py": "the run's configuration and memo: where stages find things, not what they compute",
     "planning": "turns grids into plans: what a plan names is in its keys",
     "running": "executors, progress and the environment recorded on rows: they order and report the work",

@@ -100,3 +100,21 @@ def line_chart(series: list[dict], xlabel: str, ylabel: str, ylim: tuple[float, 
         out.append("</g>")
     out.append("</svg>")
     return "".join(out)
+
+
+def loss_curves(info: dict) -> dict[str, list[tuple[float, float]]]:
+    """The curves in a training record: a list of numbers (one per epoch), or a list of dicts with an
+    ``iteration`` or ``epoch`` field and one number per loss term; {name: [(x, y), ...]}."""
+    curves: dict[str, list[tuple[float, float]]] = {}
+    for name, value in (info or {}).items():
+        if not isinstance(value, list) or len(value) < 2:
+            continue
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+            curves[name] = [(float(i + 1), float(v)) for i, v in enumerate(value)]
+        elif all(isinstance(v, dict) for v in value):
+            for i, entry in enumerate(value):
+                x = float(entry.get("iteration", entry.get("epoch", i + 1)))
+                for term, y in entry.items():
+                    if term not in ("iteration", "epoch") and isinstance(y, (int, float)) and not isinstance(y, bool):
+                        curves.setdefault(f"{name}: {term}", []).append((x, float(y)))
+    return {name: points for name, points in curves.items() if all(math.isfinite(y) for _, y in points)}

@@ -334,6 +334,39 @@ def gallery_sections(cells: pd.DataFrame, cache_dir: str | Path | None, out: Pat
     return sections, problems
 
 
+def training_sections(cells: pd.DataFrame, cache_dir: str | Path | None) -> list[dict]:
+    """The loss curves of what the cells trained (victims, protections, learned attacks' preparation), from
+    the ``curves/<cell_key>.pt`` records the harness caches; each trained thing drawn once."""
+    if cache_dir is None or not len(cells):
+        return []
+    import torch
+
+    folder = Path(cache_dir) / "curves"
+    drawn: dict[str, dict] = {}
+    for key in cells.loc[(cells["status"] == "ok") & (cells["cell_key"] != ""), "cell_key"].drop_duplicates():
+        path = folder / f"{key}.pt"
+        if not path.is_file():
+            continue
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception:  # noqa: BLE001 - an unreadable record only loses its chart
+            continue
+        records = stored.get("value", {}).get("records", {}) if isinstance(stored, dict) else {}
+        for who, info in records.items():
+            curves = plots.loss_curves(info)
+            if curves and who not in drawn:
+                drawn[who] = curves
+    sections = []
+    for who, curves in sorted(drawn.items()):
+        by_scale: dict = {}
+        for name, points in curves.items():  # one chart per curve family (its name before ':')
+            by_scale.setdefault(name.split(":")[0], []).append({"label": name, "points": points})
+        charts = [_chart(f"{family}", series, "epoch or iteration", "loss", ylim=None, xlog=False)
+                  for family, series in sorted(by_scale.items())]
+        sections.append({"title": f"training losses · {who}", "charts": charts})
+    return sections
+
+
 def _write_downloads(df: pd.DataFrame, out: Path) -> bool:
     for name in ("results.csv", "results.parquet"):
         (out / name).unlink(missing_ok=True)
@@ -382,7 +415,7 @@ def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboa
         "rankings.html": {"victims": ranking.victim_tables(configs), "attacks": ranking.attack_tables(configs),
                           "ranking_doc": ranking.__doc__},
         "timing.html": {"groups": timing_groups(cells), "speed": ranking.speed_comparison(configs)},
-        "curves.html": {"sections": curve_sections(df, cells)},
+        "curves.html": {"sections": curve_sections(df, cells) + training_sections(cells, cache_dir)},
         "gallery.html": {"sections": gallery},
         "papers.html": {"tables": tables, "papers_doc": papers.__doc__, "conventions": papers.conventions_table()},
     }

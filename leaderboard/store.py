@@ -283,18 +283,21 @@ def drop_stale(df: pd.DataFrame, root: str | Path | None = REPO_ROOT) -> tuple[p
     return df[~df["run"].isin(set(stale["run"]))].reset_index(drop=True), stale
 
 
-def remove_stale(results_dir: str | Path, root: str | Path = REPO_ROOT) -> list[Path]:
-    """Delete the result files that hold only stale runs; returns the paths removed."""
+def stale_files(results_dir: str | Path, root: str | Path = REPO_ROOT) -> list[Path]:
+    """The result files that hold only stale runs (those ``remove_stale`` deletes)."""
     df, _ = read_results(results_dir)
     stale = stale_cells(df, root)
     if not len(stale):
         return []
     current_files = set(df.loc[~df["run"].isin(set(stale["run"])), "source_file"])
-    removed = []
-    for name in sorted(set(stale["source_file"]) - current_files):
-        path = Path(name)
+    return [Path(name) for name in sorted(set(stale["source_file"]) - current_files)]
+
+
+def remove_stale(results_dir: str | Path, root: str | Path = REPO_ROOT) -> list[Path]:
+    """Delete the result files that hold only stale runs; returns the paths removed."""
+    removed = stale_files(results_dir, root)
+    for path in removed:
         path.unlink(missing_ok=True)
-        removed.append(path)
     return removed
 
 

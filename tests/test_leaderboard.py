@@ -278,3 +278,30 @@ def test_curves_plot_map_against_a_swept_protection_parameter(tmp_path):
     assert "mAP against the ppl defense&#39;s epsilon" in html or "mAP against the ppl defense's epsilon" in html
     assert "database_share" not in html.split("sweeps")[-1].split("</section>")[0]  # only the swept parameter
     assert re.search(r"c2a", html)
+
+
+def test_curves_page_draws_the_training_losses_the_harness_recorded(tmp_path):
+    """A learned attack's preparation and a protection's game record loss curves (``AttackContext.info``,
+    ``TrainContext.info``); the harness caches them per cell and the curves page draws each trained thing once."""
+    from benchmark.storage.cache import StageCache
+    from leaderboard.plots import loss_curves
+
+    prosgan = {"prototype_loss_per_epoch": [2.0, 1.5, 1.2],
+               "generator_losses_per_epoch": [{"reconstruction": 0.3, "hamming": 0.9, "adversarial": 0.7},
+                                              {"reconstruction": 0.2, "hamming": 0.5, "adversarial": 0.6}]}
+    ppl = {"ppl_losses": [{"iteration": 10, "J_o": 1.0, "J_p": -0.5}, {"iteration": 20, "J_o": 0.8, "J_p": -0.9}],
+           "train_seconds": 12.0, "flags": {}}
+    assert set(loss_curves(prosgan)) == {"prototype_loss_per_epoch", "generator_losses_per_epoch: reconstruction",
+                                         "generator_losses_per_epoch: hamming", "generator_losses_per_epoch: adversarial"}
+    assert loss_curves(ppl)["ppl_losses: J_p"] == [(10.0, -0.5), (20.0, -0.9)]
+    rows = cell_rows({"map": (0.3, 1000)}, attack="prosgan", attack_label="prosgan", cell_key="k1")
+    rows += cell_rows({"map": (0.2, 1000)}, attack="prosgan", attack_label="prosgan", cell_key="k2", seed=1)
+    cache = StageCache(tmp_path / "cache")
+    for key in ("k1", "k2"):  # two cells reusing one prepared generator: drawn once
+        cache.save("curves", key, {"version": 1, "records": {"attack prosgan prepared on dpsh/smallcnn/16": prosgan,
+                                                             "protection ppl": ppl}})
+    render(write_store(tmp_path, rows), tmp_path / "site", cache_dir=tmp_path / "cache")
+    html = page(tmp_path / "site", "curves.html")
+    assert html.count("training losses · attack prosgan prepared on dpsh/smallcnn/16") == 1
+    assert "training losses · protection ppl" in html and "ppl_losses: J_p" in html
+    assert "generator_losses_per_epoch: hamming" in html

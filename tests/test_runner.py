@@ -196,7 +196,7 @@ def test_a_missing_dataset_says_where_it_looked(tmp_path):
     (["--only", "attack=pdg"], "unknown attacks plugin 'pdg'"),
     (["--only", "bits"], "malformed"),
     (["--grid", "nope"], "unknown grid 'nope'"),
-    (["--threads", "-1"], "--threads must be a positive number"),
+    (["--threads", "-1"], "--threads: must be a positive number"),
 ])
 def test_bad_command_lines_fail_fast_with_a_clear_message(args, message):
     result = bench(*args, "--no-leaderboard")

@@ -12,6 +12,7 @@ from conftest import ROOT, victim_of, write_grid
 
 from benchmark.cell import dataset_splits
 from benchmark.encoding.codes import released_codes
+from benchmark.storage.cache import StageCache
 from benchmark.victim.train import trained_protection
 
 from benchmark import Defense, Range, Registry
@@ -147,6 +148,13 @@ def test_an_unbounded_attack_has_no_epsilon_and_its_learned_state_is_reused_unti
     finally:
         cls.prepare = original
     assert trainings == [] and list((tmp_path / "cache" / "prepared").glob("*.pt")) == prepared
+    # what ProS-GAN's training recorded (AttackContext.info) is kept, also for the cell that reused it
+    cache = StageCache(tmp_path / "cache")
+    for cell in (first[0], second[0]):
+        records = cache.load("curves", runner.plan(cell).key)["records"]
+        info = next(value for who, value in records.items() if who.startswith("attack prosgan prepared on"))
+        assert len(info["generator_losses_per_epoch"]) == 1 and len(info["prototype_loss_per_epoch"]) == 1
+        assert set(info["generator_losses_per_epoch"][0]) == {"reconstruction", "hamming", "adversarial"}
     bounded = pd.read_parquet(tmp_path / "results")
     assert metric(bounded[bounded["n_query"] == 20], "linf").item() <= 16 / 255 + 1e-6
     # editing prosgan.py retrains it: its prepare key follows the file's hash

@@ -1,0 +1,354 @@
+"""hashbench: adversarial robustness of deep-hashing image retrieval.
+
+    python bench.py                                   # run the default grid on FashionMNIST, then the leaderboard
+    python bench.py --grid full --only attack=pgd,dhta --only bits=32
+    python bench.py plan --grid paper                 # the cells a grid expands to, their keys, which are stored
+    python bench.py list                              # every plugin found, with its paper and defaults
+    python bench.py stale                             # stored cells computed by code that has changed since
+    python bench.py prune --dry-run                   # the files prune would delete: the stale cells'
+    python bench.py leaderboard                       # render leaderboard/site from results/ only
+
+`run` is the default command; `hashbench` (the console script of `pip install -e .`) is the same as
+`python bench.py`. `COMMAND --help` lists a command's own options.
+"""
+# The harness is imported inside the functions that use it, all of a function's imports at its top: each
+# command loads only what it uses (the runner, Ray, the renderer), and a module's path is named in one place per
+# function. (Building the parser imports benchmark.targets, hence torch, for --target-rule's choices.)
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent  # the checkout: grids/, methods/, results/ live beside benchmark/
+
+log = logging.getLogger("hashbench")
+
+
+def prog() -> str:
+    """The name this was started by (bench.py or hashbench), as argparse shows it."""
+    return os.path.basename(sys.argv[0])
+
+
+def non_negative_int(text: str) -> int:
+    """argparse type for a count where 0 leaves the choice to the default."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number (0 = the default); got {value}")
+    return value
+
+
+# Parent parsers: options shared by several commands, copied into each command that lists them as a parent.
+def common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("-v", "--verbose", action="store_true",
+                        help="log at debug level (e.g. a failed cell's traceback, besides its one-line error)")
+    return parent
+
+
+def grid_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("grid selection")
+    group.add_argument("--grid", default="default", help="grid preset in grids/ or a .toml path (default: default)")
+    group.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
+                       help="keep only cells whose AXIS is one of the values; repeatable")
+    group.add_argument("--set", action="append", default=[], dest="settings", metavar="KIND.PLUGIN.PARAM=VALUE",
+                       help="override a plugin parameter for every cell, e.g. attacks.dhta.iterations=500")
+    return parent
+
+
+def cell_key_options() -> argparse.ArgumentParser:
+    """What a cell's numbers, and so its key, depend on besides the grid: run and plan take the same."""
+    from benchmark.attack.targets import TARGET_RULES
+
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("data and conventions (part of every cell's key)")
+    group.add_argument("--data-root", default=None, help="folder holding the datasets (else $HASHBENCH_DATA)")
+    group.add_argument("--backend", default="torch", choices=["torch", "faiss"], help="Hamming search backend")
+    group.add_argument("--zero-relevant", default="count_as_zero", choices=["count_as_zero", "exclude"],
+                       help="AP of a query with no relevant item in the top k")
+    group.add_argument("--target-rule", default=None, choices=TARGET_RULES,
+                       help="draw every cell's target labels by this rule, whatever its grid says (the grid's "
+                            "target_rule axis, default disjoint; the rules are in benchmark/targets.py)")
+    return parent
+
+
+def results_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("store")
+    group.add_argument("--results", default=str(ROOT / "results"), help="result store folder")
+    return parent
+
+
+def cache_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("store")
+    group.add_argument("--cache", default=str(ROOT / ".cache"), help="stage cache folder")
+    return parent
+
+
+def site_option() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("leaderboard")
+    group.add_argument("--site", default=str(ROOT / "leaderboard" / "site"), help="leaderboard output folder")
+    return parent
+
+
+def add_execution_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("execution")
+    group.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
+    group.add_argument("--attack-batch", type=non_negative_int, default=0, metavar="N",
+                       help="queries per attack batch (default 250 CPU, 1000 GPU)")
+    group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
+                       help="CPU threads for torch (default: torch's choice, one per core); lower it when "
+                            "other jobs share the cores, as oversubscribed threads slow everything several-fold")
+    group.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    group.add_argument("--executor", default="local", choices=["local", "ray"],
+                       help="local: one cell after another in this process (default); ray: the cells as Ray tasks, "
+                            "grouped by victim (cache and results folders must be shared by every machine)")
+    group.add_argument("--address", default=None, metavar="HOST:PORT",
+                       help="with --executor ray: an existing cluster's head (default: start a local one)")
+    group.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard after a run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
+    common, grid, keys = common_options(), grid_options(), cell_key_options()
+    results, cache, site = results_option(), cache_option(), site_option()
+
+    run = commands.add_parser("run", parents=[common, grid, keys, results, cache, site],
+                              help="compute the grid's cells not yet stored, then render the leaderboard (default)",
+                              description="Compute the grid's cells not yet in the result store (every stage "
+                                          "cached), then render the leaderboard.")
+    add_execution_options(run)
+    commands.add_parser("list", parents=[common], help="every plugin: kind, name, paper, defaults, dataset cards",
+                        description="List every plugin found: kind, name, paper, defaults, dataset cards.")
+    commands.add_parser("plan", parents=[common, grid, keys, results],
+                        help="the cells a grid expands to: their keys, and which are already stored",
+                        description="List the cells a grid expands to, each with its key and whether --results "
+                                    "holds it; trains and computes nothing.")
+    commands.add_parser("leaderboard", parents=[common, results, site, cache],
+                        help="render the leaderboard from the result store only",
+                        description="Render the leaderboard from the result store only (--cache: the gallery's "
+                                    "images).")
+    commands.add_parser("stale", parents=[common, results],
+                        help="the stored cells computed by code that has changed since",
+                        description="List the cells of --results computed by code that has changed since.")
+    prune = commands.add_parser("prune", parents=[common, results], help="delete the stale cells' result files",
+                                description="Delete the result files that hold only stale cells (see `stale`).")
+    prune.add_argument("--dry-run", action="store_true", help="list the files that would be deleted; delete none")
+    return parser
+
+
+def with_default_command(argv: list[str]) -> list[str]:
+    """``bench.py --grid x`` means ``bench.py run --grid x`` (argparse has no default subcommand).
+
+    Only options get ``run`` put before them: a mistyped command word is reported as one.
+    """
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        return ["run", *argv]
+    return argv
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(with_default_command(argv))
+    if args.command == "run" and args.address is not None and args.executor != "ray":
+        parser.error(f"run: --address {args.address} needs --executor ray (the local executor runs every cell "
+                     f"in this process)")
+    return args
+
+
+def fail(message: object) -> int:
+    print(f"{prog()}: {message}", file=sys.stderr)
+    return 2
+
+
+def expand_grid(args: argparse.Namespace, registry) -> list:
+    """The grid's cells, with --only and --set applied; a ValueError names what is wrong."""
+    from benchmark.planning.grid import expand, load_preset, parse_filters, parse_settings
+
+    return expand(load_preset(args.grid), registry, parse_filters(args.only), parse_settings(args.settings))
+
+
+def list_plugins(args: argparse.Namespace) -> int:
+    from benchmark import Registry
+    from benchmark.victim.model import BACKBONES
+
+    registry = Registry.discover()
+    titles = {"datasets": "Datasets", "hashing": "Hashing methods", "attacks": "Attacks", "defenses": "Defenses"}
+    for kind in ("datasets", "hashing", "attacks", "defenses"):
+        print(f"\n{titles[kind]} ({len(registry.plugins[kind])})")
+        for name in registry.names(kind):
+            plugin = registry.plugins[kind][name]
+            tags = ", ".join(t for t in ("targeted" if getattr(plugin, "targeted", False) else "",) if t)
+            print(f"  {name:<22} {plugin.paper}" + (f" [{tags}]" if tags else ""))
+            defaults = ", ".join(f"{k}={v!r}" for k, v in plugin.defaults().items())
+            if defaults:
+                print(f"  {'':<22} defaults: {defaults}")
+            if kind == "datasets":
+                print(f"  {'':<22} protocol: {plugin.protocol}")
+    print(f"\nBackbones ({len(BACKBONES)}; torchvision ones use ImageNet weights, append ':scratch' for random init)")
+    for spec in BACKBONES.values():
+        size = f"resized to {spec.input_size}" if spec.input_size else "native size"
+        print(f"  {spec.name:<22} {spec.paper} ({size})")
+    if registry.failures:
+        print(f"\nPlugin files that failed to load ({len(registry.failures)}):")
+        for failure in registry.failures:
+            print(f"  {failure}")
+    return 0
+
+
+def plan_grid(args: argparse.Namespace) -> int:
+    """Each cell's key and whether the store holds it, from the planner alone: no device, no runner."""
+    import dataclasses
+
+    from benchmark import Registry
+    from benchmark.scoring.evaluate import EvaluationConventions
+    from benchmark.planning.plan import Planner
+    from benchmark.storage.results import cell_done
+
+    registry = Registry.discover()
+    try:
+        cells = expand_grid(args, registry)
+        planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant))
+    except ValueError as exc:
+        return fail(exc)
+    if args.target_rule is not None:  # as the runner applies --target-rule
+        cells = [dataclasses.replace(cell, target_rule=args.target_rule) for cell in cells]
+    stored = 0
+    for cell in cells:
+        try:
+            plan = planner.plan(cell)
+        except (ValueError, OSError) as exc:  # e.g. the dataset is missing: every cell of it fails the same way
+            return fail(f"cannot plan {cell.describe()}: {exc}")
+        done = cell_done(args.results, plan.key)
+        stored += done
+        print(f"{plan.key}  {'stored    ' if done else 'to compute'}  {plan.cell.describe()}")
+    print(f"{len(cells)} cells, {stored} stored in {args.results}, {len(cells) - stored} to compute")
+    return 0
+
+
+def render_leaderboard(results: str, site: str, cache: str | None = None) -> Path:
+    from leaderboard.render import render
+
+    return render(results, site, cache_dir=cache)
+
+
+def leaderboard(args: argparse.Namespace) -> int:
+    if not Path(args.results).is_dir():
+        return fail(f"the results folder {args.results} does not exist; the leaderboard in {args.site} was left "
+                    f"as it is (give --results FOLDER holding the parquet files)")
+    print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
+    return 0
+
+
+def list_stale(args: argparse.Namespace) -> int:
+    from leaderboard.store import read_results, stale_cells
+
+    stale = stale_cells(read_results(args.results)[0], ROOT)
+    for row in stale.itertuples():
+        print(f"{row.cell_key}  {row.description}: {row.reasons}")
+    print(f"{len(stale)} stale cell(s) in {args.results}/"
+          + (f" ({prog()} prune deletes them)" if len(stale) else ""))
+    return 0
+
+
+def prune(args: argparse.Namespace) -> int:
+    from leaderboard.store import remove_stale, stale_files
+
+    if args.dry_run:
+        files = stale_files(args.results, ROOT)
+        for path in files:
+            print(f"would remove {path}")
+        print(f"{len(files)} result file(s) of stale cells in {args.results}/ (nothing removed: --dry-run)")
+        return 0
+    removed = remove_stale(args.results, ROOT)
+    for path in removed:
+        print(f"removed {path}")
+    print(f"removed {len(removed)} result file(s) of stale cells from {args.results}/")
+    return 0
+
+
+def stop_on_terminate(signum, frame) -> None:
+    """SIGTERM (a scheduler's or `kill`'s stop) ends a run as Ctrl-C does: finished cells kept, the run recorded."""
+    raise KeyboardInterrupt
+
+
+def record_run(args, runner, cells, counts: dict, started: datetime.datetime) -> None:
+    """Append the run's manifest (what ran, where, how long) to ``<results>/_runs.jsonl`` (not a result file)."""
+    import json
+
+    import torch
+
+    finished = datetime.datetime.now(datetime.timezone.utc)
+    manifest = {"command": " ".join([prog(), *args.argv]), "grid": args.grid, "cells": len(cells),
+                **counts, "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "seconds": round((finished - started).total_seconds(), 1), "executor": args.executor,
+                "threads": torch.get_num_threads(), **{k: runner.environment[k] for k in
+                                                        ("device", "torch", "faiss", "python", "git_commit")}}
+    with open(Path(args.results) / "_runs.jsonl", "a") as log_file:
+        log_file.write(json.dumps(manifest) + "\n")
+
+
+def run_on_cluster(runner, cells: list, args: argparse.Namespace) -> dict[str, int]:
+    from benchmark.running.ray_executor import run_on_ray
+
+    return run_on_ray(runner, cells, args.address, args.threads)
+
+
+def run_grid(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmark import Registry
+    from benchmark.scoring.evaluate import EvaluationConventions
+    from benchmark.running.runner import ResultsNotWritable, Runner
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    registry = Registry.discover()
+    try:
+        cells = expand_grid(args, registry)
+        runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
+                        target_rule=args.target_rule,
+                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force)
+    except ValueError as exc:
+        return fail(exc)
+    print(f"grid {args.grid!r}: {len(cells)} cells on {runner.environment['device']}", file=sys.stderr)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    signal.signal(signal.SIGTERM, stop_on_terminate)
+    try:
+        counts = run_on_cluster(runner, cells, args) if args.executor == "ray" else runner.run(cells)
+        record_run(args, runner, cells, counts, started)
+    except KeyboardInterrupt:
+        record_run(args, runner, cells, {"interrupted": True}, started)
+        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ResultsNotWritable, OSError) as exc:
+        return fail(exc)
+    if not args.no_leaderboard:
+        print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
+    return 1 if counts["error"] else 0
+
+
+COMMANDS = {"run": run_grid, "list": list_plugins, "plan": plan_grid, "leaderboard": leaderboard,
+            "stale": list_stale, "prune": prune}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    args.argv = argv  # for the run's manifest
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
+    return COMMANDS[args.command](args)
