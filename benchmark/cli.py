@@ -213,8 +213,8 @@ def plan_grid(args: argparse.Namespace) -> int:
     import dataclasses
 
     from benchmark import Registry
-    from benchmark.scoring.evaluate import EvaluationConventions
     from benchmark.planning.plan import Planner
+    from benchmark.scoring.evaluate import EvaluationConventions
     from benchmark.storage.results import cell_done
 
     registry = Registry.discover()
@@ -311,8 +311,8 @@ def run_grid(args: argparse.Namespace) -> int:
     import torch
 
     from benchmark import Registry
-    from benchmark.scoring.evaluate import EvaluationConventions
     from benchmark.running.runner import ResultsNotWritable, Runner
+    from benchmark.scoring.evaluate import EvaluationConventions
 
     if args.threads:
         torch.set_num_threads(args.threads)

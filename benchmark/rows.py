@@ -16,9 +16,6 @@ import torch
 from benchmark.planning.plan import CellPlan
 from benchmark.plugins import Registry
 
-IDENTITY_COLUMNS = ("dataset", "hashing", "backbone", "bits", "defense", "train_data", "attack", "epsilon",
-                    "surrogate", "scenario", "target_rule", "seed")
-
 
 def cell_rows(plan: CellPlan, metrics: list[dict], registry: Registry, attack_batch: int, train_seconds: float,
               flags: list[str]) -> list[dict]:

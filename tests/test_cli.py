@@ -7,10 +7,10 @@ import subprocess
 import sys
 
 import pytest
-
-from benchmark import cli
 from conftest import ROOT
 from result_rows import cell_rows, write_cells
+
+from benchmark import cli
 
 KEY_LINE = re.compile(r"[0-9a-f]{20}  (stored    |to compute)  fashion_mnist ")
 

@@ -140,8 +140,8 @@ def test_a_victim_is_the_same_whatever_ran_before_it(tmp_path, registry):
 
 
 def test_attack_draws_follow_the_cell_and_its_seed_not_its_parameters(tmp_path, registry):
-    from benchmark.planning.plan import attack_seed
     from benchmark.planning.grid import parse_settings
+    from benchmark.planning.plan import attack_seed
 
     grid = load_preset(str(write_grid(tmp_path / "tiny.toml", TINY_GRID)))
     short = {c.attack: c for c in expand(grid, registry)}

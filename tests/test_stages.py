@@ -10,14 +10,13 @@ import pytest
 import torch
 from conftest import ROOT, victim_of, write_grid
 
+from benchmark import Defense, Range, Registry
 from benchmark.cell import dataset_splits
 from benchmark.encoding.codes import released_codes
-from benchmark.storage.cache import StageCache
-from benchmark.victim.train import trained_protection
-
-from benchmark import Defense, Range, Registry
 from benchmark.planning.grid import expand, load_preset
 from benchmark.running.runner import Runner
+from benchmark.storage.cache import StageCache
+from benchmark.victim.train import trained_protection
 
 TINY = """
 [[block]]

@@ -96,6 +96,12 @@ def random_split(n_items: int, seed: int, n_query: int, n_train: int) -> dict[st
             "train": np.sort(order[n_query:n_query + n_train])}
 
 
+def shares_label(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
+    """(A, B) bool: row a of ``labels_a`` and row b of ``labels_b`` (multi-hot) share at least one class. The
+    papers' relevance of a retrieved item, and the pairwise similarity of the training losses."""
+    return labels_a.float() @ labels_b.float().T > 0
+
+
 def one_hot(classes: torch.Tensor | np.ndarray, num_classes: int) -> torch.Tensor:
     classes = torch.as_tensor(np.asarray(classes, dtype=np.int64))
     return torch.nn.functional.one_hot(classes, num_classes).float()

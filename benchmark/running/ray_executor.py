@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmark.planning.plan import CellPlan
+from benchmark.plugins import REPO_ROOT
 from benchmark.running.progress import Progress
 from benchmark.storage.results import cell_done
 
@@ -116,7 +117,7 @@ def run_on_ray(runner, cells, address: str | None = None, threads: int = 0) -> d
     todo = runner.pending(cells, progress, counts)
     started_here = not ray.is_initialized()
     if started_here:
-        root = str(Path(__file__).resolve().parent.parent)
+        root = str(REPO_ROOT)
         env = {"PYTHONPATH": root + os.pathsep + os.environ.get("PYTHONPATH", "")}
         options = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                        configure_logging=False)
@@ -144,7 +145,7 @@ def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int) ->
         return counts
     gpus = ray.cluster_resources().get("GPU", 0)
     resources = {"num_gpus": 1} if gpus else {"num_cpus": max(1, threads)}
-    settings = TaskSettings(str(Path(__file__).resolve().parent.parent), str(runner.results_dir.resolve()),
+    settings = TaskSettings(str(REPO_ROOT), str(runner.results_dir.resolve()),
                             str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.session.data_root,
                             runner.attack_batch,
                             max(1, threads), runner.force)

@@ -38,7 +38,7 @@ class EvaluationConventions:
     def __post_init__(self):
         if self.backend not in search.BACKENDS:
             raise ValueError(f"unknown search backend {self.backend!r}; accepted: {', '.join(search.BACKENDS)}")
-        metrics._check_zero_relevant(self.zero_relevant)
+        metrics.check_zero_relevant(self.zero_relevant)
 
     def as_dict(self) -> dict[str, str]:
         return {"search_backend": self.backend, "zero_relevant": self.zero_relevant, "tie_rule": search.TIE_RULE,

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from benchmark.data.dataset import Splits
+from benchmark.data.dataset import Splits, shares_label
 from benchmark.scoring import metrics
 
 CHANCE_MARGIN = 0.05        # clean mAP closer than this to a random ranking's is flagged
@@ -54,7 +54,7 @@ def victim_diagnostics(model, database_codes: torch.Tensor, query_codes: torch.T
 
 def chance_map(query_labels: torch.Tensor, database_labels: torch.Tensor) -> float:
     """mAP of a random ranking, to first order: the mean share of database items relevant to each query."""
-    relevant = (query_labels @ database_labels.t() > 0).float().mean(1)
+    relevant = shares_label(query_labels, database_labels).float().mean(1)
     return float(relevant.mean())
 
 

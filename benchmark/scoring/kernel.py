@@ -38,6 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from benchmark.data.dataset import shares_label
 from benchmark.scoring import metrics, search
 
 ORDERS = ("auto", "count", "sort", "faiss")
@@ -107,12 +108,12 @@ def score_queries(query_codes: torch.Tensor, database_codes: torch.Tensor, label
 def _check_inputs(query_codes, database_codes, labelings, database_labels, cutoffs, ns, levels,
                   zero_relevant) -> None:
     search.check_codes(query_codes, database_codes)
-    metrics._check_zero_relevant(zero_relevant)
+    metrics.check_zero_relevant(zero_relevant)
     n_database = len(database_codes)
     if len(database_labels) != n_database:
         raise ValueError(f"{n_database} database codes but {len(database_labels)} database label rows")
     for labels in labelings:
-        metrics._check_labels(len(query_codes), labels, database_labels)
+        metrics.check_labels(len(query_codes), labels, database_labels)
     for labels in (*labelings, database_labels):
         if labels.numel() and labels.min() < 0:  # with non-negative labels, a positive product = a shared label
             raise ValueError("labels must be non-negative (multi-hot); got a negative entry")
@@ -150,14 +151,14 @@ def _rank_and_read(query_codes: torch.Tensor, database_codes: torch.Tensor, labe
         indices, distances = search.rank(query_codes, database_codes, None, backend="faiss")
     else:
         narrow = torch.uint8 if groups <= 256 else torch.int16 if groups <= 32768 else torch.int32
-        distances, indices = torch.sort(search._distance_matrix(query_codes, database_codes).to(narrow), dim=1,
+        distances, indices = torch.sort(search.distance_matrix(query_codes, database_codes).to(narrow), dim=1,
                                         stable=True)
     distances = distances.long()
     counts = _histogram(distances, groups)
     database_labels = database_labels.to(device=device, dtype=torch.float32)
     scores = []
     for labels in labelings:
-        relevant = (labels.to(device=device, dtype=torch.float32) @ database_labels.T > 0).gather(1, indices)
+        relevant = shares_label(labels.to(device), database_labels).gather(1, indices)
         relevant_counts = _histogram(torch.where(relevant, distances, -1), groups)
         average_precision, relevant_at, pr_precision = _read_ranked(relevant, cutoffs, ns, levels, empty)
         tie_aware = torch.stack([metrics.expected_average_precision(counts, relevant_counts, k, zero_relevant)

@@ -20,6 +20,7 @@ import math
 
 import torch
 
+from benchmark.data.dataset import shares_label
 from benchmark.scoring import search
 
 RELEVANCE = "share_one_label"
@@ -35,12 +36,12 @@ _DENSE_ELEMENTS = 1 << 24   # a batch's (B, N) arrays hold about this many eleme
 _TIE_AWARE_ROWS = 1024      # queries per step of the expected AP: its (rows, X) hypergeometric table
 
 
-def _check_zero_relevant(zero_relevant: str) -> None:
+def check_zero_relevant(zero_relevant: str) -> None:
     if zero_relevant not in ZERO_RELEVANT_RULES:
         raise ValueError(f"unknown zero_relevant rule {zero_relevant!r}; accepted: {', '.join(ZERO_RELEVANT_RULES)}")
 
 
-def _check_labels(n_query: int, query_labels: torch.Tensor, database_labels: torch.Tensor) -> None:
+def check_labels(n_query: int, query_labels: torch.Tensor, database_labels: torch.Tensor) -> None:
     if query_labels.ndim != 2 or database_labels.ndim != 2:
         raise ValueError("labels must be (n, C) multi-hot matrices")
     if len(query_labels) != n_query:
@@ -56,7 +57,7 @@ def relevance_batches(ranked_indices: torch.Tensor, query_labels: torch.Tensor, 
     The ranked items' labels are gathered, (B, k, C) at a time; when k * C > N one (B, N) label product
     per batch is cheaper, and the ranked entries are gathered from it.
     """
-    _check_labels(len(ranked_indices), query_labels, database_labels)
+    check_labels(len(ranked_indices), query_labels, database_labels)
     device = ranked_indices.device
     database_labels = database_labels.to(device=device, dtype=torch.float32)
     n_query, k = ranked_indices.shape
@@ -68,7 +69,7 @@ def relevance_batches(ranked_indices: torch.Tensor, query_labels: torch.Tensor, 
         ranked = ranked_indices[start:start + rows]
         labels = query_labels[start:start + rows].to(device=device, dtype=torch.float32)
         if dense:
-            relevant = (labels @ database_labels.T > 0).gather(1, ranked)
+            relevant = shares_label(labels, database_labels).gather(1, ranked)
         else:
             relevant = torch.bmm(database_labels[ranked], labels.unsqueeze(2)).squeeze(2) > 0
         yield start, relevant
@@ -101,7 +102,7 @@ def average_precision_at_k(ranked_indices: torch.Tensor, query_labels: torch.Ten
     number of relevant items within the list (``AP_DENOMINATOR``). R_k = 0 gives 0 ("count_as_zero") or
     NaN ("exclude"). For t-MAP pass the target labels as ``query_labels``.
     """
-    _check_zero_relevant(zero_relevant)
+    check_zero_relevant(zero_relevant)
     out = torch.empty(len(ranked_indices), dtype=torch.float64, device=ranked_indices.device)
     for start, relevant in relevance_batches(ranked_indices, query_labels, database_labels):
         out[start:start + len(relevant)] = _average_precision(relevant, zero_relevant)
@@ -127,8 +128,8 @@ def average_precisions(query_codes: torch.Tensor, database_codes: torch.Tensor, 
                        database_labels: torch.Tensor, k: int | None, backend: str = "torch",
                        zero_relevant: str = "count_as_zero", batch_size: int | None = None) -> torch.Tensor:
     """AP@k of every query, float64 (Q,), ranking a batch of queries at a time."""
-    _check_zero_relevant(zero_relevant)
-    _check_labels(len(query_codes), query_labels, database_labels)
+    check_zero_relevant(zero_relevant)
+    check_labels(len(query_codes), query_labels, database_labels)
     step = batch_size or search.query_batch_size(len(database_codes))
     out = torch.empty(len(query_codes), dtype=torch.float64, device=query_codes.device)
     for start in range(0, len(query_codes), step):
@@ -143,7 +144,7 @@ def distance_histograms(query_codes: torch.Tensor, database_codes: torch.Tensor,
                         database_labels: torch.Tensor,
                         batch_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Per query and Hamming distance d = 0..K: how many database items, and how many relevant ones, int64 (Q, K+1)."""
-    _check_labels(len(query_codes), query_labels, database_labels)
+    check_labels(len(query_codes), query_labels, database_labels)
     device = query_codes.device
     bits = query_codes.shape[1]
     database_labels = database_labels.to(device=device, dtype=torch.float32)
@@ -153,9 +154,9 @@ def distance_histograms(query_codes: torch.Tensor, database_codes: torch.Tensor,
     step = batch_size or search.query_batch_size(len(database_codes))
     groups = 2 * (bits + 1)  # (distance, relevant) pairs
     for start in range(0, len(query_codes), step):
-        cells = search._distance_matrix(query_codes[start:start + step], database_codes).float().mul_(2)
+        cells = search.distance_matrix(query_codes[start:start + step], database_codes).float().mul_(2)
         labels = query_labels[start:start + step].to(device=device, dtype=torch.float32)
-        cells += labels @ database_labels.T > 0
+        cells += shares_label(labels, database_labels)
         index_dtype = torch.int32 if len(cells) * groups < 2 ** 31 else torch.long
         rows = torch.arange(len(cells), dtype=index_dtype, device=device).unsqueeze(1) * groups
         tally = torch.bincount((cells.to(index_dtype) + rows).flatten(), minlength=len(cells) * groups)
@@ -214,7 +215,7 @@ def expected_average_precision(counts: torch.Tensor, relevant_counts: torch.Tens
     Under "count_as_zero" an order with R_k = 0 scores 0. Under "exclude" the result is E[AP | R_k > 0]
     (what averaging over tie orders with a NaN-mean gives), NaN when no order has a relevant item in the top k.
     """
-    _check_zero_relevant(zero_relevant)
+    check_zero_relevant(zero_relevant)
     search.check_k(k)
     k = None if k is None else int(k)
     rows = _TIE_AWARE_ROWS

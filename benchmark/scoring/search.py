@@ -62,10 +62,10 @@ def hamming_distances(query_codes: torch.Tensor, database_codes: torch.Tensor) -
     One matrix product: half precision on CUDA (exact for K up to 2048), float32 on the CPU.
     """
     check_codes(query_codes, database_codes)
-    return _distance_matrix(query_codes, database_codes).round().int()
+    return distance_matrix(query_codes, database_codes).round().int()
 
 
-def _distance_matrix(query_codes: torch.Tensor, database_codes: torch.Tensor) -> torch.Tensor:
+def distance_matrix(query_codes: torch.Tensor, database_codes: torch.Tensor) -> torch.Tensor:
     """(K - q.b) / 2 as a float matrix whose entries are exact integers."""
     bits = query_codes.shape[1]
     dtype = torch.float16 if query_codes.is_cuda and bits <= _FP16_EXACT_BITS else torch.float32
@@ -122,7 +122,7 @@ def _torch_rank_batch(query_codes: torch.Tensor, database_codes: torch.Tensor,
     n_database, bits = database_codes.shape
     if not query_codes.is_cuda and 8 * kept > n_database:  # most of each row: a stable radix sort of distances
         narrow = torch.uint8 if bits < 256 else torch.int16 if bits < 32768 else torch.int32
-        indices, distances = sort_rows(_distance_matrix(query_codes, database_codes).to(narrow).numpy())
+        indices, distances = sort_rows(distance_matrix(query_codes, database_codes).to(narrow).numpy())
         return torch.from_numpy(indices[:, :kept]), torch.from_numpy(distances[:, :kept])
     # key = N * (K - q.b) / 2 + index = distance * N + index: every partial result is a multiple of 1/2 below
     # (K + 1) * N, exact in float32 while that is below 2**23, else in float64 (below 2**52)

@@ -19,10 +19,6 @@ from benchmark.storage.cache import atomic_write_bytes, quarantine
 
 log = logging.getLogger("hashbench")
 
-IDENTITY_COLUMNS = ["dataset", "hashing", "backbone", "bits", "defense", "attack", "epsilon", "surrogate",
-                    "scenario", "seed"]
-
-
 def cell_file(results_dir: str | Path, cell_key: str) -> Path:
     return Path(results_dir) / f"{cell_key}.parquet"
 
@@ -47,18 +43,3 @@ def cell_done(results_dir: str | Path, cell_key: str) -> bool:
         quarantine(path, f"{type(exc).__name__}: {exc}")
         return False
     return bool(len(status)) and bool((status == "ok").all())
-
-
-def read_results(results_dir: str | Path) -> pd.DataFrame:
-    """Every cell file as one table; an unreadable file is reported by name and skipped."""
-    frames = []
-    for path in sorted(Path(results_dir).glob("*.parquet")):
-        if path.name.startswith((".", "_")):
-            continue
-        try:
-            frames.append(pd.read_parquet(path))
-        except Exception as exc:
-            log.warning("result file %s is unreadable and was skipped: %s", path, exc)
-    if not frames:
-        return pd.DataFrame()
-    return pd.concat(frames, ignore_index=True)

@@ -24,6 +24,7 @@ from typing import Callable
 
 import torch
 
+from benchmark.data.dataset import shares_label
 from benchmark.data.images import ImageSet
 from benchmark.plugins import Plugin
 from benchmark.victim.model import HashModel
@@ -53,7 +54,7 @@ class TrainContext:
 
 def pairwise_similarity(labels_a: torch.Tensor, labels_b: torch.Tensor) -> torch.Tensor:
     """s_ij = 1 if items i and j share at least one label, else 0; (A, B) float."""
-    return (labels_a @ labels_b.t() > 0).float()
+    return shares_label(labels_a, labels_b).float()
 
 
 def make_optimizer(name: str, params, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
