@@ -184,6 +184,7 @@ def test_a_victim_that_diverges_is_trained_once_and_every_cell_of_it_says_why(tm
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
                                                                   f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
+    (tmp_path / "nowhere").mkdir()  # exists but lacks the files (a root that does not exist: test_data_faults)
     env = {**os.environ, "HASHBENCH_DATA": str(tmp_path / "nowhere")}
     result = bench("--grid", str(grid), "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
                    "--no-leaderboard", env=env)
