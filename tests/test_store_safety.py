@@ -248,7 +248,10 @@ sys.path.insert(0, {root!r})
 calls = []
 ray = types.ModuleType("ray")
 ray.is_initialized = lambda: "init" in calls and "shutdown" not in calls
-ray.init = lambda **options: calls.append("init")
+def init(**options):  # as ray.init does: SIGTERM exits the driver (sys.exit), not as Ctrl-C does
+    calls.append("init")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(signum))
+ray.init = init
 def shutdown():
     calls.append("shutdown")
     open({record!r}, "w").write(" ".join(calls))

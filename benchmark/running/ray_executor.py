@@ -131,14 +131,14 @@ def run_on_ray(runner, cells, address: str | None = None, threads: int = 0) -> d
     counts = runner.counts = new_counts()
     todo = runner.pending(cells, progress, counts)
     started_here = not ray.is_initialized()
-    with stopping_on_termination():
-        try:
-            if started_here:
-                connect(ray, address)
+    try:
+        if started_here:
+            connect(ray, address)
+        with stopping_on_termination():  # after ray.init, which sets SIGTERM to sys.exit
             _run(ray, runner, todo, progress, threads, counts)
-        finally:
-            if started_here:
-                ray.shutdown()  # stops the instance it started (a joined cluster stays up)
+    finally:
+        if started_here:
+            ray.shutdown()  # stops the instance it started (a joined cluster stays up)
     progress.summary(counts, runner.results_dir)
     return counts
 
@@ -164,8 +164,9 @@ def interrupt(signum, frame) -> None:
 
 @contextlib.contextmanager
 def stopping_on_termination():
-    """SIGTERM and SIGHUP end the driver as Ctrl-C does (so its ``finally`` shuts Ray down) rather than kill it
-    outright; the handlers that were there before are put back after. Only the main thread can set them."""
+    """SIGTERM and SIGHUP end the driver as Ctrl-C does (so its ``finally`` shuts Ray down, and the run is
+    recorded as interrupted) rather than kill it outright or, as ``ray.init``'s own SIGTERM handler does, exit;
+    the handlers that were there before are put back after. Only the main thread can set them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
