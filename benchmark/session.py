@@ -51,12 +51,16 @@ class Session:
     progress: Callable[[str], None] = lambda message: None
     memo: Memo = field(default_factory=Memo)
     failed_victims: dict = field(default_factory=dict)  # victim key -> why its training failed in this run
+    claim_timeout: float | None = None         # seconds to wait for work another process holds (None: forever)
 
     @classmethod
     def start(cls, registry: Registry, cache_dir: str | Path, device: torch.device, data_root: str | None = None,
-              attack_batch: int = 0, progress: Callable[[str], None] | None = None) -> "Session":
-        return cls(registry, StageCache(cache_dir), device, data_root,
-                   attack_batch or (1000 if device.type == "cuda" else 250), progress or (lambda message: None))
+              attack_batch: int = 0, progress: Callable[[str], None] | None = None,
+              claim_timeout: float | None = None, report_wait: Callable[[str], None] | None = None) -> "Session":
+        """``report_wait`` is told whom a stage waits for (default: ``progress``)."""
+        progress = progress or (lambda message: None)
+        return cls(registry, StageCache(cache_dir, claim_timeout, report_wait or progress), device, data_root,
+                   attack_batch or (1000 if device.type == "cuda" else 250), progress, claim_timeout=claim_timeout)
 
     def stage(self, message: str) -> None:
         self.progress(message)

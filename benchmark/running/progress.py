@@ -52,6 +52,10 @@ class Progress:
             self.write(f"    {message}")
             self.last_stage = now
 
+    def note(self, message: str) -> None:
+        """A line that is always written (unlike a stage's, which logs show every 10 s at most): a wait."""
+        self.write(f"    {message}")
+
     def cell_finished(self, cell, status: str, error: str = "", flags: str = "") -> None:
         seconds = time.perf_counter() - self.cell_started_at
         self.finished += 1
