@@ -109,7 +109,12 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
-    group.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    group.add_argument("--force", action="store_true",
+                       help="recompute cells already in the result store, from the attack on: a learned attack's "
+                            "preparation, the attack (or a protection's release) and the scoring, whatever is cached")
+    group.add_argument("--force-victims", action="store_true",
+                       help="as --force, and also retrain the victims (and protections), re-encode their codes and "
+                            "redraw the targets")
     group.add_argument("--executor", default="local", choices=["local", "ray"],
                        help="local: one cell after another in this process (default); ray: the cells as Ray tasks, "
                             "grouped by victim (cache and results folders must be shared by every machine)")
@@ -321,7 +326,8 @@ def run_grid(args: argparse.Namespace) -> int:
         cells = expand_grid(args, registry)
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
-                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force)
+                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
+                        force_victims=args.force_victims)
     except ValueError as exc:
         return fail(exc)
     print(f"grid {args.grid!r}: {len(cells)} cells on {runner.environment['device']}", file=sys.stderr)

@@ -48,6 +48,7 @@ class TaskSettings:
     attack_batch: int
     threads: int
     force: bool
+    recompute: tuple[str, ...] = ()  # the stages --force / --force-victims compute afresh
 
 
 class ProgressBoard:
@@ -85,7 +86,8 @@ def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]
             board.report.remote("stage", current[0], message)
 
     current = [""]
-    session = Session.start(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage)
+    session = Session.start(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage,
+                            recompute=frozenset(settings.recompute))
     env = environment(device)
     results = Path(settings.results_dir)
     for plan in plans:
@@ -148,7 +150,7 @@ def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int) ->
     settings = TaskSettings(str(REPO_ROOT), str(runner.results_dir.resolve()),
                             str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.session.data_root,
                             runner.attack_batch,
-                            max(1, threads), runner.force)
+                            max(1, threads), runner.force, tuple(sorted(runner.recompute)))
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
     task = ray.remote(run_group).options(max_retries=RETRIES, retry_exceptions=False, **resources)
     by_key = {plan.key: plan for plan in todo}

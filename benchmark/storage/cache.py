@@ -130,18 +130,20 @@ class StageCache:
 
 
 def cached(cache: StageCache, stage: str, key: str, compute: Callable[[], object],
-           waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True):
+           waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True,
+           *, recompute: bool = False):
     """A stage's value: loaded from the cache, or computed under the stage's claim and saved.
 
     Load; if absent, claim (two runs never compute one stage at once; ``waiting`` is called if another run
     holds the claim), load again (that run may have finished it), compute, save (unless ``store`` says the
-    value is not worth keeping), release.
+    value is not worth keeping), release. ``recompute`` (``--force``) skips both loads but still claims and
+    saves; a compute that raises leaves the stored value as it was.
     """
-    value = cache.load(stage, key)
+    value = None if recompute else cache.load(stage, key)
     if value is not None:
         return value
     with claim(cache.root, stage, key, wait=waiting):
-        value = cache.load(stage, key)
+        value = None if recompute else cache.load(stage, key)
         if value is None:
             value = compute()
             if store(value):
