@@ -122,7 +122,12 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
-    group.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    group.add_argument("--force", action="store_true",
+                       help="recompute cells already in the result store, from the attack on: a learned attack's "
+                            "preparation, the attack (or a protection's release) and the scoring, whatever is cached")
+    group.add_argument("--force-victims", action="store_true",
+                       help="as --force, and also retrain the victims (and protections), re-encode their codes and "
+                            "redraw the targets")
     group.add_argument("--claim-timeout", type=positive_seconds, default=None, metavar="SECONDS",
                        help="give up waiting for a stage or cell another process is computing after this long "
                             "(its cell becomes an error row naming the holder; default: wait as long as it takes)")
@@ -383,7 +388,7 @@ def run_grid(args: argparse.Namespace) -> int:
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
                         conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
-                        claim_timeout=args.claim_timeout)
+                        force_victims=args.force_victims, claim_timeout=args.claim_timeout)
         check_writable(args.results, "results")  # the manifest's first line goes there before any cell
         manifest = start_manifest(args, runner, cells, datetime.datetime.now(datetime.timezone.utc))
     except (ValueError, OSError) as exc:

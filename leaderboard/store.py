@@ -83,6 +83,7 @@ def read_results(results_dir: str | Path, strict: bool = False) -> tuple[pd.Data
             missing = [c for c in REQUIRED if c not in frame.columns]
             if missing:
                 raise ValueError(f"missing column(s) {', '.join(missing)}")
+            check_named_by_its_cell(path, frame)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, with its name
             message = f"{path}: {type(exc).__name__}: {exc}".strip()
             if strict:
@@ -97,6 +98,20 @@ def read_results(results_dir: str | Path, strict: bool = False) -> tuple[pd.Data
 def is_download(path: Path) -> bool:
     """True for a results.parquet the leaderboard wrote (its rows again, so never read back as results)."""
     return DOWNLOAD_MARKER in (pq.read_schema(path).metadata or {})
+
+
+CELL_FILE_NAME = re.compile(r"^[0-9a-f]{20}$")  # the harness names a cell's file by its key
+
+
+def check_named_by_its_cell(path: Path, frame: pd.DataFrame) -> None:
+    """A file named by a cell key must hold that cell's rows: one copied under another cell's name is not shown
+    as that cell (it would show one cell twice and hide the other)."""
+    if not CELL_FILE_NAME.match(path.stem) or "cell_key" not in frame.columns or not len(frame):
+        return
+    found = sorted(set(frame["cell_key"].astype(str)))
+    if found != [path.stem]:
+        raise ValueError(f"its rows are of cell {', '.join(found) or '(none)'}, not of cell {path.stem} its name "
+                         f"says (copied or renamed?)")
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:

@@ -31,7 +31,7 @@ def rejected(capsys, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("command, present, absent", [
-    ("run", ["--grid", "--only", "--set", "--device", "--force", "--executor", "--address", "--site", "--results",
+    ("run", ["--grid", "--only", "--set", "--device", "--force", "--force-victims", "--executor", "--address", "--site", "--results",
              "--target-rule", "--threads", "--verbose"], ["--dry-run"]),
     ("list", ["--verbose"], ["--stale", "--results", "--grid", "--device", "--force"]),
     ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root"],

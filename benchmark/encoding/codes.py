@@ -17,7 +17,6 @@ from benchmark.data.images import ImageSet
 from benchmark.planning.plan import CodesPlan, ReleasePlan
 from benchmark.scoring.flags import victim_diagnostics
 from benchmark.session import Session
-from benchmark.storage.cache import cached
 from benchmark.victim.model import HashModel
 from benchmark.victim.train import ProtectedImages, Protection, Trained
 
@@ -38,7 +37,7 @@ def clean_codes(plan: CodesPlan, victim: Trained, splits: Splits, s: Session) ->
         codes["diagnostics"] = victim_diagnostics(victim.model, codes["database"], codes["query"], splits, s.device)
         return codes
 
-    stored = s.memo.get("codes", plan.key, lambda: cached(s.cache, "codes", plan.key, encode_split))
+    stored = s.memo.get("codes", plan.key, lambda: s.cached("codes", plan.key, encode_split))
     return Codes(stored["database"].to(s.device), stored["query"].to(s.device), stored.get("diagnostics", {}))
 
 
@@ -55,7 +54,7 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
                 "query": encode(victim.model, ProtectedImages(splits.query, defense, device=s.device), s.device),
                 "database_share": float(mask.float().mean())}
 
-    return cached(s.cache, "codes", plan.key, encode_release)
+    return s.cached("codes", plan.key, encode_release)
 
 
 @torch.no_grad()

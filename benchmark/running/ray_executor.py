@@ -53,6 +53,7 @@ class TaskSettings:
     threads: int
     force: bool
     claim_timeout: float | None = None
+    recompute: tuple[str, ...] = ()  # the stages --force / --force-victims compute afresh
 
 
 class ProgressBoard:
@@ -92,7 +93,8 @@ def run_group(plans: list[CellPlan], settings: TaskSettings, board) -> list[str]
     current = [""]
     session = Session.start(registry, settings.cache_dir, device, settings.data_root, settings.attack_batch, stage,
                             claim_timeout=settings.claim_timeout,
-                            report_wait=lambda message: board.report.remote("waiting", current[0], message))
+                            report_wait=lambda message: board.report.remote("waiting", current[0], message),
+                            recompute=frozenset(settings.recompute))
     env = environment(device)
     results = Path(settings.results_dir)
     for plan in plans:
@@ -187,7 +189,7 @@ def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int, co
     settings = TaskSettings(str(REPO_ROOT), str(runner.results_dir.resolve()),
                             str(runner.cache_dir.resolve()), "auto" if gpus else "cpu", runner.session.data_root,
                             runner.attack_batch,
-                            max(1, threads), runner.force, runner.session.claim_timeout)
+                            max(1, threads), runner.force, runner.session.claim_timeout, tuple(sorted(runner.recompute)))
     board = ray.remote(ProgressBoard).options(num_cpus=0).remote()
     task = ray.remote(run_group).options(max_retries=RETRIES, retry_exceptions=False, **resources)
     by_key = {plan.key: plan for plan in todo}

@@ -68,11 +68,21 @@ def save_rows(results_dir: Path, key: str, rows: list[dict]) -> None:
                                  f"{where}") from None
 
 
+# What --force computes afresh: the cell's own stages from the attack on (a learned attack's prepared state, the
+# attack outcome or a protection cell's release; scoring always runs for a computed cell); --force-victims: all.
+FORCE_STAGES = frozenset({"prepared", "attacks"})
+FORCE_VICTIMS_STAGES = FORCE_STAGES | {"victims", "protections", "codes", "targets"}
+
+
+def recompute_stages(force: bool, force_victims: bool) -> frozenset:
+    return FORCE_VICTIMS_STAGES if force_victims else FORCE_STAGES if force else frozenset()
+
+
 class Runner:
     def __init__(self, registry: Registry, results_dir: str | Path = "results", cache_dir: str | Path = ".cache",
                  device: str = "auto", data_root: str | None = None, attack_batch: int = 0,
                  backend: str = "torch", target_rule: str | None = None,
-                 conventions: EvaluationConventions | None = None, force: bool = False,
+                 conventions: EvaluationConventions | None = None, force: bool = False, force_victims: bool = False,
                  claim_timeout: float | None = None):
         if target_rule is not None and target_rule not in TARGET_RULES:
             raise ValueError(f"unknown target rule {target_rule!r}; accepted: {', '.join(TARGET_RULES)}")
@@ -88,7 +98,8 @@ class Runner:
         self.device = pick_device(device)
         self.target_rule = target_rule
         self.conventions = conventions or EvaluationConventions(backend=backend)
-        self.force = force
+        self.force = force or force_victims
+        self.recompute = recompute_stages(force, force_victims)
         self.environment = environment(self.device)
         self.attack_batch = attack_batch  # as asked (0: the device's default), for workers on other devices
         self.planner = Planner(registry, data_root, self.conventions)
@@ -97,7 +108,8 @@ class Runner:
         self.session = Session.start(registry, self.cache_dir, self.device, data_root, attack_batch,
                                      progress=lambda message: self.progress and self.progress.stage(message),
                                      claim_timeout=claim_timeout,
-                                     report_wait=lambda message: self.progress and self.progress.note(message))
+                                     report_wait=lambda message: self.progress and self.progress.note(message),
+                                     recompute=self.recompute)
 
     def plan(self, cell: Cell) -> CellPlan:
         if self.target_rule is not None:
