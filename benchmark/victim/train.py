@@ -22,7 +22,7 @@ from benchmark.data.images import ImageSet
 from benchmark.planning.plan import ProtectionPlan, VictimPlan
 from benchmark.session import Session
 from benchmark.victim.guard import check_model_kept, model_fingerprint, plugin_identity, torch_settings_kept
-from benchmark.victim.hashing import TrainContext, TrainingDiverged
+from benchmark.victim.hashing import TrainContext, TrainingDiverged, non_finite_weights
 from benchmark.victim.model import HashModel, build_victim
 
 log = logging.getLogger("hashbench")
@@ -170,8 +170,7 @@ class ProtectedImages(ImageSet):
 
 
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:
-    bad = [name for name, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    bad = non_finite_weights(model)
     if bad:
         raise TrainingDiverged(f"{what} left non-finite weights in {', '.join(bad[:3])}"
                                f"{' and more' if len(bad) > 3 else ''}")
