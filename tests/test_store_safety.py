@@ -203,19 +203,22 @@ def test_a_cached_stage_waits_at_most_its_cache_s_claim_timeout_and_computes_not
     assert cached(cache, "victims", "k2", lambda: {"trained": True}) == {"trained": True}
 
 
-def test_a_cell_held_past_the_claim_timeout_becomes_an_error_row_naming_the_holder(tmp_path, registry):
+@pytest.mark.parametrize("held", ["cells", "victims"])
+def test_work_held_past_the_claim_timeout_makes_an_error_row_naming_the_holder(tmp_path, registry, capfd, held):
     cells = expand(load_preset(str(write_grid(tmp_path / "tiny.toml", TINY_GRID))), registry, {"attack": {"none"}})
     runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu", claim_timeout=0.5)
-    key = runner.cell_key(cells[0])
-    holder = hold_claim(tmp_path / "cache", "cells", key, f"computing {cells[0].describe()}")
+    plan = runner.plan(cells[0])
+    holder = hold_claim(tmp_path / "cache", held, plan.key if held == "cells" else plan.victim.key, "the holder's work")
     try:
         counts = runner.run(cells)
     finally:
         holder.kill()
         holder.wait()
     assert counts == {"ran": 0, "cached": 0, "error": 1}
-    row = pd.read_parquet(tmp_path / "results" / f"{key}.parquet").iloc[0]
+    row = pd.read_parquet(tmp_path / "results" / f"{plan.key}.parquet").iloc[0]
     assert row["status"] == "error" and "ClaimTimeout" in row["error"] and f"pid {holder.pid}" in row["error"]
+    assert f"waiting for pid {holder.pid} on host {socket.gethostname()}" in capfd.readouterr().err
+    assert not list((tmp_path / "cache").glob("victims/*.pt"))  # nothing computed in its place
 
 
 def test_claim_timeout_is_an_option_of_run_and_must_be_positive(capsys):

@@ -159,13 +159,13 @@ STAGE_ACTIVITY = {"victims": "training victim", "protections": "training protect
 
 def cached(cache: StageCache, stage: str, key: str, compute: Callable[[], object],
            waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True,
-           timeout: float | None = None, *, recompute: bool = False):
+           *, recompute: bool = False):
     """A stage's value: loaded from the cache, or computed under the stage's claim and saved.
 
     Load; if absent, claim (two runs never compute one stage at once; if another run holds the claim,
     ``waiting`` is called and the cache's ``report_wait`` told who holds it), load again (that run may have
-    finished it), compute, save (unless ``store`` says the value is not worth keeping), release. ``timeout``
-    (default: the cache's ``claim_timeout``) bounds the wait: ``ClaimTimeout`` names the holder.
+    finished it), compute, save (unless ``store`` says the value is not worth keeping), release. The cache's
+    ``claim_timeout`` (the run's ``--claim-timeout``) bounds the wait: ``ClaimTimeout`` names the holder.
     ``recompute`` (``--force``) skips both loads but still claims and saves; a compute that raises leaves the
     stored value as it was.
     """
@@ -179,8 +179,7 @@ def cached(cache: StageCache, stage: str, key: str, compute: Callable[[], object
         cache.report_wait(f"waiting for {holder}")
 
     what = f"{STAGE_ACTIVITY.get(stage, stage)} {key}"
-    with claim(cache.root, stage, key, what=what, wait=held_elsewhere,
-               timeout=cache.claim_timeout if timeout is None else timeout):
+    with claim(cache.root, stage, key, what=what, wait=held_elsewhere, timeout=cache.claim_timeout):
         value = None if recompute else cache.load(stage, key)
         if value is None:
             value = compute()
