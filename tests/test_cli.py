@@ -112,7 +112,7 @@ def test_plan_prints_every_key_and_what_is_stored_without_a_runner(tmp_path, cap
     assert len(set(keys)) == 22
     assert not results.exists()  # planning writes nothing
 
-    write_cell(results, keys[0], [{"status": "ok", "cell_key": keys[0]}])
+    write_cell(results, keys[0], [{"status": "ok", "cell_key": keys[0]}])  # a file holds its cell's key
     assert cli.main(["plan", "--grid", "default", "--results", str(results)]) == 0
     second = capsys.readouterr().out.splitlines()
     assert second[0] == first[0].replace("to compute", "stored    ") and second[1:-1] == first[1:-1]

@@ -76,7 +76,7 @@ def test_every_way_a_call_can_change_a_shared_model_is_caught_naming_the_plugin(
     attack = attack_class("leaky")()
     with pytest.raises(PluginLeak, match=rf"attacks leaky \(.*test_plugin_isolation.py\) changed .*the {part}.* "
                                          rf"of the victim in perturb\(\)"):
-        check_model_kept(before, model_fingerprint(model), attack, "perturb", "the victim")
+        check_model_kept(before, model_fingerprint(model), attack, "perturb()", "the victim")
 
 
 def test_using_a_model_leaves_its_fingerprint_as_it_was():

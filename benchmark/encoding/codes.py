@@ -17,6 +17,7 @@ from benchmark.data.images import ImageSet
 from benchmark.planning.plan import CodesPlan, ReleasePlan
 from benchmark.scoring.flags import victim_diagnostics
 from benchmark.session import Session
+from benchmark.victim.guard import torch_settings_kept
 from benchmark.victim.model import HashModel
 from benchmark.victim.train import ProtectedImages, Protection, Trained
 
@@ -45,7 +46,8 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
     """Codes of the protected database (the protection's released share) and of the protected queries."""
     def encode_release() -> dict:
         defense = protection.defense
-        mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
+        with torch_settings_kept(defense, "database_mask"):
+            mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
         if mask.shape != (len(splits.database),) or mask.dtype != torch.bool:
             raise ValueError(f"protection {defense.name!r}.database_mask returned {tuple(mask.shape)} "
                              f"{mask.dtype}; expected a bool tensor of shape ({len(splits.database)},)")

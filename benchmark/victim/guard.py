@@ -4,7 +4,7 @@
         output = attack.perturb(x, labels, targets)
     before = model_fingerprint(model)
     ...                                                     # plugin calls
-    check_model_kept(before, model_fingerprint(model), attack, "prepare", "the victim")
+    check_model_kept(before, model_fingerprint(model), attack, "prepare()", "the victim")
 
 torch's process-wide settings are restored after the call (a warning names what the plugin changed): a plugin
 that turns gradients off would otherwise break the next cell and be blamed on the next plugin. A model is
@@ -119,12 +119,13 @@ def torch_settings_kept(plugin, call: str):
 
 # ---------------------------------------------------------------- a model's fingerprint
 
-def model_fingerprint(model: nn.Module) -> dict[str, str]:
+def model_fingerprint(model: nn.Module, weights: bool = True) -> dict[str, str]:
     """One digest per part a plugin could change: weights, parameter flags, train/eval modes, hooks, the module
-    tree and instance attributes (``vars`` of every submodule, less torch's own bookkeeping)."""
+    tree and instance attributes (``vars`` of every submodule, less torch's own bookkeeping). Without
+    ``weights`` (the one part whose cost grows with the model) that part is left empty."""
     modules = list(model.named_modules(remove_duplicate=False))
     return {
-        "weights": weights_checksum(model),
+        "weights": weights_checksum(model) if weights else "",
         "parameters": digest([(name, id(p), p.requires_grad, hook_ids(getattr(p, "_backward_hooks", None)),
                                hook_ids(getattr(p, "_post_accumulate_grad_hooks", None)))
                               for name, p in model.named_parameters(remove_duplicate=False)]),
@@ -165,5 +166,5 @@ def check_model_kept(before: dict[str, str], after: dict[str, str], plugin, call
     changed = [part for part in before if part not in allowed and before[part] != after[part]]
     if changed:
         raise PluginLeak(f"{plugin_identity(plugin)} changed {', '.join(PART_WORDS[p] for p in changed)} of {what} "
-                         f"in {call}(); a plugin must leave the models it is given as it found them (work on a "
+                         f"in {call}; a plugin must leave the models it is given as it found them (work on a "
                          f"copy: copy.deepcopy(model)), as other cells share them")

@@ -97,7 +97,7 @@ def train_victim(plan: VictimPlan, splits: Splits, model: HashModel, s: Session)
     before = model_fingerprint(model)
     with torch_settings_kept(defense, "fit"):
         defense.fit(method, model, train, ctx)
-    check_model_kept(before, model_fingerprint(model), defense, "fit",
+    check_model_kept(before, model_fingerprint(model), defense, "fit()",
                      f"the victim it trained with {plugin_identity(method)}", allowed=("weights", "modes"))
     ctx.info["train_seconds"] = time.perf_counter() - started
     if start is not None:
@@ -116,7 +116,8 @@ def load_or_train_protection(plan: ProtectionPlan, splits: Splits, s: Session) -
     defense = plan.defense.configure(s.registry)
     stored = s.cached("protections", plan.key, lambda: train_protection(defense, splits, plan, s),
                     waiting=lambda: s.stage(f"waiting for another run training protection {defense.label()}"))
-    defense.load_state_dict(stored["state"])
+    with torch_settings_kept(defense, "load_state_dict"):
+        defense.load_state_dict(stored["state"])
     return Protection(plan, defense, stored.get("info", {}))
 
 
