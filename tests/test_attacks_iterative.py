@@ -299,3 +299,24 @@ def test_the_attacks_grid_runs_every_attack_against_dpsh_32_at_both_budgets(regi
     assert set(registry.names("attacks")) - {"tha", "prosgan"} <= {c.attack for c in cells}
     assert {(c.hashing, c.bits) for c in cells} == {("dpsh", 32)}
     assert {round(c.epsilon * 255) for c in cells if c.attack == "hag"} == {8, 16}
+
+
+def test_a_slow_attack_reports_its_iterations_inside_a_batch(registry, small_victim, fashion_splits):
+    """The shared loops (PGD toward codes, image descent) report every iteration to the harness's progress line,
+    so a batch of a 2000-iteration attack is not minutes of silence."""
+    from benchmark.attack.stage import perturb_queries
+
+    model, database, codes = small_victim
+    queries = fashion_splits.query.subset(range(12))
+    messages = {}
+    for name in ("pgd", "hag"):
+        attack = registry.get("attacks", name).configure({"iterations": 3})
+        attack.prepare(AttackContext(model=model, database_codes=codes, database_labels=database.labels,
+                                     train=fashion_splits.train, num_classes=10, bits=32,
+                                     device=torch.device("cpu"), generator=torch.Generator().manual_seed(0)))
+        messages[name] = []
+        perturb_queries(attack, queries, torch.zeros(12, 10), 8 / 255, model, 5, torch.device("cpu"),
+                        messages[name].append)
+        steps = [m for m in messages[name] if ": iteration " in m]
+        assert steps[:3] == [f"attacking queries 1-5 of 12: iteration {i}/3" for i in (1, 2, 3)], messages[name]
+        assert steps[-1] == "attacking queries 11-12 of 12: iteration 3/3"

@@ -30,6 +30,7 @@ from benchmark.attack.base import Attack, AttackContext, Perturbed, project
 from benchmark.attack.targets import draw_target_labels
 from benchmark.data.dataset import Splits
 from benchmark.data.images import ImageSet
+from benchmark.parts.steps import reporting_iterations
 from benchmark.planning.plan import AttackPlan, CellPlan, TargetsPlan
 from benchmark.session import Session
 from benchmark.victim.guard import PluginLeak, check_model_kept, model_fingerprint, torch_settings_kept
@@ -225,8 +226,8 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
 
 
 def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, epsilon: float | None,
-                   victim: HashModel, batch_size: int, device: torch.device, stage=lambda message: None,
-                   keep: torch.Tensor | None = None) -> AttackOutcome:
+                    victim: HashModel, batch_size: int, device: torch.device, stage=lambda message: None,
+                    keep: torch.Tensor | None = None) -> AttackOutcome:
     """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs.
 
     The final clean and adversarial images of the queries at ``keep`` are returned for the gallery.
@@ -240,7 +241,9 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
         x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
         synchronize(device)
         started = time.perf_counter()
-        with torch_settings_kept(attack, "perturb"):
+        batch = f"attacking queries {done + 1}-{done + len(x)} of {len(queries)}"
+        with torch_settings_kept(attack, "perturb"), reporting_iterations(
+                lambda step, steps: stage(f"{batch}: iteration {step}/{steps}")):
             output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
         synchronize(device)
         seconds += time.perf_counter() - started

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 from collections.abc import Callable, Sequence
 
@@ -14,6 +16,25 @@ import torch
 
 from benchmark.attack.base import project
 from benchmark.victim.model import HashModel, binarize
+
+ITERATION_REPORT: contextvars.ContextVar = contextvars.ContextVar("iteration_report", default=None)
+
+
+@contextlib.contextmanager
+def reporting_iterations(report: Callable[[int, int], None]):
+    """Within the block, the shared loops below tell ``report(done, total)`` after every iteration (the harness
+    shows a slow attack's progress inside a batch, whatever plugin runs the loop)."""
+    token = ITERATION_REPORT.set(report)
+    try:
+        yield
+    finally:
+        ITERATION_REPORT.reset(token)
+
+
+def report_iteration(done: int, total: int) -> None:
+    report = ITERATION_REPORT.get()
+    if report is not None:
+        report(done, total)
 
 
 def continuation_alpha(iteration: int, iterations: int,
@@ -127,6 +148,7 @@ def pgd_toward_codes(model: HashModel, x: torch.Tensor, target_codes: torch.Tens
             delta = project(x + delta - step_size * step, x, epsilon) - x
         if iteration + 1 in wanted:
             snapshots[iteration + 1] = (x + delta).detach()
+        report_iteration(iteration + 1, iterations)
     final = (x + delta).detach()
     return {**snapshots, iterations: final} if wanted else final
 
@@ -157,6 +179,7 @@ def descend_images(x: torch.Tensor, loss_of: Callable[[torch.Tensor, int], torch
             x_adv.copy_(project(x_adv, x, epsilon))
         if iteration + 1 in wanted:
             snapshots[iteration + 1] = x_adv.detach().clone()
+        report_iteration(iteration + 1, iterations)
     final = x_adv.detach().clone()
     return {**snapshots, iterations: final} if wanted else final
 
