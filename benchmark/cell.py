@@ -118,8 +118,10 @@ def score_attack(plan: CellPlan, attacked: Attacked, database: torch.Tensor, att
 
 def perturbation_rows(perturbation: dict, iteration: int) -> list[dict]:
     names = {"perceptibility": "perceptibility", "linf": "linf", "linf_mean": "linf_mean", "l2": "l2",
-             "violations": "budget_violations"}
-    return [{"metric": metric, "value": perturbation[key], "iterations": iteration} for key, metric in names.items()]
+             "violations": "budget_violations", "universal_share": "universal_share",
+             "saturated_share": "saturated_share"}
+    return [{"metric": metric, "value": perturbation[key], "iterations": iteration} for key, metric in names.items()
+            if key in perturbation]
 
 
 def changed_share(attacked: Attacked, codes: Codes, database: torch.Tensor) -> float:
@@ -136,9 +138,14 @@ def sanity_flags(plan: CellPlan, victim: Trained, codes: Codes, protection: Prot
     attack = plan.attack.attack.configure(s.registry)
     trained = flags.training_flags(victim.info) + (flags.training_flags(protection.info) if protection else [])
     perturbs = attack.perturbs if plan.protection is None else plan.cell.scenario != "c2c"
+    generator = attack.learned_generator if plan.protection is None else protection is not None and bool(
+        protection.defense.learned_generator)
+    perturbation = attacked.outcome.perturbation
     return flags.victim_flags(codes.diagnostics) + trained + flags.cell_flags(
-        perturbs=perturbs, changed_share=changed, violations=attacked.outcome.perturbation["violations"],
-        unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets))
+        perturbs=perturbs, changed_share=changed, violations=perturbation["violations"],
+        unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets),
+        universal_share=perturbation.get("universal_share", float("nan")),
+        saturated_share=perturbation.get("saturated_share", float("nan")), learned_generator=generator)
 
 
 def training_records(plan: CellPlan, victim: Trained, protection: Protection | None, attacked: Attacked) -> dict:

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import copy
+import sys
 
 import pytest
 import torch
 
 from benchmark import TrainContext, reverse_gradient, smmd
 from benchmark.victim.model import build_victim
+from leaderboard.plots import loss_curves
 
 
 def test_smallcnn_is_the_papers_network():
@@ -93,6 +95,33 @@ def test_generator_output_stays_within_epsilon_and_the_unit_interval(ppl_class):
     assert z.min() >= 0 and z.max() <= 1
 
 
+@pytest.mark.parametrize("normalization, batch_norms", [("batch", 7), ("none", 0)])
+def test_normalization_puts_batchnorm_after_every_hidden_layer_or_none(ppl_class, normalization, batch_norms):
+    """"batch": a BatchNorm after each of the seven hidden convolutions (before its ReLU), none after the
+    output layer; "none": no normalisation. Either way the output stays within epsilon and [0, 1]."""
+    ppl = ppl_class.configure({"epsilon": 0.2, "width": 4, "normalization": normalization})
+    torch.manual_seed(0)
+    ppl.build((1, 28, 28), (0.5,), (0.5,))
+    layers = [*ppl.generator.encoder, *ppl.generator.decoder]
+    norms = [i for i, layer in enumerate(layers) if isinstance(layer, torch.nn.BatchNorm2d)]
+    convolutions = [i for i, layer in enumerate(layers) if isinstance(layer, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert len(norms) == batch_norms and len(convolutions) == 8
+    assert [i - 1 for i in norms] == (convolutions[:-1] if batch_norms else [])
+    assert all(isinstance(layers[i + 1], torch.nn.ReLU) for i in norms)
+    assert all((layers[i].bias is None) == bool(batch_norms) for i in convolutions[:-1])  # BN cancels a bias
+    assert isinstance(layers[-1], torch.nn.Tanh) and layers[-2] is layers[convolutions[-1]]
+    x = torch.rand(8, 1, 28, 28)
+    for mode in (True, False):  # training (batch statistics) and release (running statistics)
+        ppl.generator.train(mode)
+        z = ppl.generator.release(x)
+        assert (z - x).abs().max() <= 0.2 + 1e-6 and z.min() >= 0 and z.max() <= 1
+
+
+def test_the_defaults_are_adam_on_mean_losses_with_batchnorm(ppl_class):
+    ppl = ppl_class.configure({})
+    assert (ppl.optimizer, ppl.loss_reduction, ppl.normalization, ppl.iterations) == ("adam", "mean", "batch", 1000)
+
+
 def test_database_share_protects_that_share(ppl_class):
     mask = ppl_class.configure({"database_share": 0.25}).database_mask(1000, torch.Generator().manual_seed(0))
     assert mask.dtype == torch.bool and int(mask.sum()) == 250
@@ -160,10 +189,12 @@ def test_generator_played_against_a_fixed_surrogate_flips_more_codes_than_noise(
     """A weaker property than the full game's: from scratch the surrogate needs about a hundred updates to
     leave the all-zero outputs where the square losses start (see ppl.py), too long for a unit test. Held
     fixed at a trained model (DPSH, 32 bits), the generator alone must learn to move its codes, and more
-    than uniform noise of the same budget does: with lambda = 0 (no reversal) it flips fewer than noise."""
+    than uniform noise of the same budget does: with lambda = 0 (no reversal) it flips fewer than noise.
+    40 updates: the release uses BatchNorm's running statistics, still a tenth at their initial values
+    after 20 (momentum 0.1), when the generator flipped fewer codes than noise (0.017 against 0.021)."""
     model, _, _ = small_victim
-    ppl = ppl_class.configure({"iterations": 20, "batch_size": 64, "width": 8, "lr_generator": 1e-3,
-                               "optimizer": "adam", "loss_reduction": "mean"})  # learns within 20 updates
+    ppl = ppl_class.configure({"iterations": 40, "batch_size": 64, "width": 8, "lr_generator": 1e-3,
+                               "optimizer": "adam", "loss_reduction": "mean"})  # learns within 40 updates
     torch.manual_seed(0)
     ppl.build((1, 28, 28), fashion_splits.mean, fashion_splits.std)
     ppl.surrogate = copy.deepcopy(model)  # frozen: no parameter of it requires a gradient
@@ -174,7 +205,9 @@ def test_generator_played_against_a_fixed_surrogate_flips_more_codes_than_noise(
     by_protection = flipped_bits(model, x, ppl.protect(x))
     by_noise = flipped_bits(model, x, (x + noise).clamp(0, 1))
     assert by_protection > 2 * by_noise, (by_protection, by_noise)
-    assert [entry["iteration"] for entry in ctx.info["ppl_losses"]] == [10, 20]
+    assert [entry["iteration"] for entry in ctx.info["ppl_losses"]] == [10, 20, 30, 40]
+    probes = ctx.info["ppl_surrogate_probe"]  # a curve on the curves page: the last one, after the game
+    assert [entry["iteration"] for entry in probes] == [40] and probes[0]["map"] == ctx.info["surrogate_probe"]["map"]
 
 
 def test_prepare_protection_is_seeded_and_its_state_dict_round_trips(ppl_class, fashion_splits):
@@ -192,6 +225,18 @@ def test_prepare_protection_is_seeded_and_its_state_dict_round_trips(ppl_class, 
     assert torch.equal(restored.protect(x), ppl.protect(x))
     assert torch.equal(restored.surrogate.codes(x), ppl.surrogate.codes(x))
     assert not torch.equal(ppl.protect(x), x)
+
+
+def test_the_surrogates_probe_map_is_recorded_at_intervals_for_the_curves_page(ppl_class, fashion_splits,
+                                                                               monkeypatch):
+    monkeypatch.setattr(sys.modules[ppl_class.__module__], "PROBE_EVERY", 2)
+    ppl = ppl_class.configure({"iterations": 5, "batch_size": 16, "width": 4})
+    ctx = TrainContext(torch.device("cpu"), torch.Generator().manual_seed(0), 10)
+    ppl.prepare_protection(fashion_splits.train.subset(range(300)), ctx)
+    probes = ctx.info["ppl_surrogate_probe"]
+    assert [entry["iteration"] for entry in probes] == [2, 4, 5]  # every PROBE_EVERY updates, and the last
+    assert all(0 < entry["map"] <= 1 and 0 < entry["chance"] < 1 for entry in probes)
+    assert loss_curves(ctx.info)["ppl_surrogate_probe: map"] == [(e["iteration"], e["map"]) for e in probes]
 
 
 def test_protect_before_training_names_what_to_call(ppl_class):

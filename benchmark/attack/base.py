@@ -75,6 +75,9 @@ class Attack(Plugin, base=True):
     targeted: typing.ClassVar[bool] = False
     perturbs: typing.ClassVar[bool] = True  # False only for the identity ("none"): no epsilon axis
     bounded: typing.ClassVar[bool] = True   # False: no epsilon (ProS-GAN); a plugin may make it a parameter
+    # True: the output is a learned generator's (a bounded tanh, ProS-GAN), so one at its bound everywhere means
+    # its training diverged (flag ``generator_saturated``); sign-gradient attacks sit there by design
+    learned_generator: typing.ClassVar[bool] = False
     axis_parameters: typing.ClassVar[tuple[str, ...]] = ("epsilon",)
     # parameters that only ``perturb`` reads: changing them (or epsilon) reuses what ``prepare`` learned
     perturb_parameters: typing.ClassVar[tuple[str, ...]] = ()

@@ -58,10 +58,24 @@ def synchronize(device: torch.device) -> None:
 
 
 class PerturbationStatistics:
-    """Running L-inf, L2 and squared error of the final images against the clean ones."""
+    """Running statistics of the final images against the clean ones, in O(one image) memory: L-inf, L2,
+    squared error, and two signs of a degenerate perturbation (``benchmark.scoring.flags``):
 
-    def __init__(self):
-        self.squared, self.pixels, self.violations, self.count = 0.0, 0, 0, 0
+    - ``universal_share`` = N ||mean_i delta_i||^2 / sum_i ||delta_i||^2, the share of the perturbation's
+      energy in its mean over images: 1 for a perturbation that does not depend on the image, about 1/N for
+      independent zero-mean ones; NaN when nothing was perturbed;
+    - ``saturated_share``: the share of pixels whose released value sits at an end of the range the budget
+      allows, [max(0, x - epsilon), min(1, x + epsilon)] ([0, 1] without an epsilon), within 1% of epsilon
+      (of 1 without one): a bounded tanh at its bound everywhere gives 1. Measured on the projected images,
+      so a push below 0 that [0, 1] clipped counts as at the bound, whichever sign it had.
+    """
+
+    BOUND_TOLERANCE = 0.01  # of epsilon (of the [0, 1] range without one)
+
+    def __init__(self, epsilon: float | None = None):
+        self.epsilon = epsilon
+        self.squared, self.pixels, self.violations, self.count, self.at_bound = 0.0, 0, 0, 0, 0
+        self.delta_sum: torch.Tensor | None = None  # (C * H * W,) float64, the sum of the perturbations
         self.linf, self.l2 = [], []
 
     def add(self, x: torch.Tensor, x_adv: torch.Tensor, violations: int) -> None:
@@ -69,15 +83,32 @@ class PerturbationStatistics:
         self.linf.append(difference.abs().amax(1).cpu())
         self.l2.append(difference.norm(dim=1).cpu())
         self.squared += float(difference.double().pow(2).sum())
+        batch_sum = difference.double().sum(0).cpu()
+        self.delta_sum = batch_sum if self.delta_sum is None else self.delta_sum + batch_sum
+        self.at_bound += int(self.bound_mask(x, x_adv).sum())
         self.pixels += difference.numel()
         self.violations += violations
         self.count += len(x)
+
+    def bound_mask(self, x: torch.Tensor, x_adv: torch.Tensor) -> torch.Tensor:
+        """Pixels of ``x_adv`` at an end of their allowed range (see the class docstring)."""
+        radius = 1.0 if self.epsilon is None else self.epsilon
+        low = torch.zeros_like(x) if self.epsilon is None else (x - self.epsilon).clamp(min=0)
+        high = torch.ones_like(x) if self.epsilon is None else (x + self.epsilon).clamp(max=1)
+        tolerance = self.BOUND_TOLERANCE * radius
+        return (x_adv <= low + tolerance) | (x_adv >= high - tolerance)
+
+    def universal_share(self) -> float:
+        if self.delta_sum is None or self.squared == 0:
+            return float("nan")
+        return float(self.delta_sum.pow(2).sum()) / self.count / self.squared
 
     def result(self) -> dict[str, float]:
         linf = torch.cat(self.linf)
         return {"perceptibility": (self.squared / max(self.pixels, 1)) ** 0.5, "linf": float(linf.max()),
                 "linf_mean": float(linf.mean()), "l2": float(torch.cat(self.l2).mean()),
-                "violations": self.violations / max(self.count, 1)}
+                "violations": self.violations / max(self.count, 1), "universal_share": self.universal_share(),
+                "saturated_share": self.at_bound / max(self.pixels, 1)}
 
 
 def check_images(name: str, x_adv, x: torch.Tensor, where: str) -> torch.Tensor:
@@ -203,22 +234,32 @@ def prepare(attack: Attack, ctx: AttackContext, plan: AttackPlan, s: Session) ->
 @torch.no_grad()
 def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: dict | None, protection: Protection,
                      splits: Splits, s: Session) -> Attacked:
-    """A protection cell's queries as its scenario releases them (clean, or protected: c2c/c2a vs a2c/a2a)."""
+    """A protection cell's queries as its scenario releases them (clean, or protected: c2c/c2a vs a2c/a2a).
+
+    A cell that uses the protection (its database or its victim's training data) but releases clean queries
+    still carries the protection's ``universal_share`` and ``saturated_share``, measured on the queries it
+    would release, so a degenerate protection is flagged on every cell it touches."""
     def release() -> dict:
         protected_queries = plan.cell.scenario[0] == "a"
         query_codes = released["query"] if protected_queries else clean_query_codes.cpu()
-        statistics, seconds = PerturbationStatistics(), 0.0
+        epsilon = getattr(protection.defense, "epsilon", None) if protection is not None else None
+        statistics, protected, seconds = PerturbationStatistics(epsilon), PerturbationStatistics(epsilon), 0.0
         kept = Kept(gallery_queries(len(splits.query), plan.victim.seed))
-        images = ProtectedImages(splits.query, protection.defense, device=s.device) if protected_queries else splits.query
+        images = ProtectedImages(splits.query, protection.defense, device=s.device) if protection is not None else None
         for x, _, index in splits.query.batches(s.attack_batch):
             synchronize(s.device)
             started = time.perf_counter()
-            x_released = images.load(index)
+            x_protected = images.load(index) if images is not None else x
             synchronize(s.device)
             seconds += time.perf_counter() - started
+            x_released = x_protected if protected_queries else x
             statistics.add(x, x_released, 0)
+            protected.add(x, x_protected, 0)
             kept.add(index, x, x_released)
-        outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
+        perturbation = statistics.result()
+        perturbation.update({name: protected.result()[name] for name in ("universal_share", "saturated_share")})
+        seconds = seconds if protected_queries else 0.0
+        outcome = AttackOutcome({0: query_codes}, {}, perturbation, seconds, kept.result())
         return {"outcome": vars(outcome), "prepare_seconds": 0.0, "prepare_info": {}}
 
     stored = s.cached("attacks", plan.attack.key, release)
@@ -256,7 +297,7 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
         for iteration, images in sorted(snapshots.items()):
             images = check_images(attack.name, images, x, f"at iteration {iteration}")
             images, violations = enforce_budget(images, x, epsilon)
-            statistics.setdefault(iteration, PerturbationStatistics()).add(x, images, violations)
+            statistics.setdefault(iteration, PerturbationStatistics(epsilon)).add(x, images, violations)
             if iteration == final_iteration:
                 kept.add(index, x, images)
             victim.eval()

@@ -22,6 +22,16 @@ Cell flags
   projected them; the share is also the ``budget_violations`` metric).
 - ``target_unreachable``: a target label that no database item shares a label with (its t-AP is 0 by
   construction).
+- ``perturbation_universal``: the queries' perturbation hardly depends on the image: more than
+  ``UNIVERSAL_SHARE`` of its energy lies in its mean over images (``universal_share`` = N ||mean_i delta_i||^2
+  / sum_i ||delta_i||^2, a metric row; 1 for a constant shift, about 0.3 for random +-epsilon signs on
+  FashionMNIST, whose black background can only be pushed up). Any attack or protection.
+- ``generator_saturated``: a learned generator (``learned_generator`` on the attack or the protection:
+  ProS-GAN, PPL) whose output sits at an end of its allowed range ([x - epsilon, x + epsilon] within [0, 1],
+  or [0, 1] without an epsilon) on more than ``SATURATED_SHARE`` of the pixels (``saturated_share``, a metric
+  row): its tanh is at its bound everywhere, a sign that its training diverged. Not raised for sign-gradient
+  attacks (FGSM, PGD), which sit at the bound by design. For a protection both shares are measured on the
+  queries it releases, also in cells whose scenario releases clean ones (c2c, c2a) but which use it.
 """
 from __future__ import annotations
 
@@ -34,6 +44,8 @@ CHANCE_MARGIN = 0.05        # clean mAP closer than this to a random ranking's i
 PROBE_QUERIES = 500         # queries scored for the clean-mAP probe
 GRADIENT_PROBE = 32         # queries whose input gradient is checked
 ZERO_GRADIENT_SHARE = 0.5   # flag when more than this share of probe queries has an all-zero gradient
+UNIVERSAL_SHARE = 0.9       # flag a perturbation with more of its energy than this in its mean over images
+SATURATED_SHARE = 0.95      # flag a learned generator with more of its pixels than this at their bound
 
 
 def victim_diagnostics(model, database_codes: torch.Tensor, query_codes: torch.Tensor, splits: Splits,
@@ -104,7 +116,8 @@ def probe_retrieval(query_codes: torch.Tensor, query_labels: torch.Tensor, datab
 
 
 def cell_flags(perturbs: bool, changed_share: float, violations: float, unreachable_targets: int,
-               n_queries: int) -> list[str]:
+               n_queries: int, universal_share: float = float("nan"), saturated_share: float = float("nan"),
+               learned_generator: bool = False) -> list[str]:
     out = []
     if perturbs and changed_share == 0:
         out.append("attack_changed_nothing: no query's code changed")
@@ -114,6 +127,14 @@ def cell_flags(perturbs: bool, changed_share: float, violations: float, unreacha
     if unreachable_targets:
         out.append(f"target_unreachable: {unreachable_targets} of {n_queries} target labels share no label with "
                    f"any database item")
+    if universal_share > UNIVERSAL_SHARE:  # NaN (nothing perturbed) compares False
+        out.append(f"perturbation_universal: {universal_share:.1%} of the perturbation's energy is its mean over "
+                   f"the queries (a perturbation that does not depend on the image; flagged above "
+                   f"{UNIVERSAL_SHARE:.0%})")
+    if learned_generator and saturated_share > SATURATED_SHARE:
+        out.append(f"generator_saturated: {saturated_share:.1%} of the pixels sit at the bound of their allowed "
+                   f"range (the generator's tanh at its bound everywhere: its training diverged; flagged above "
+                   f"{SATURATED_SHARE:.0%})")
     return out
 
 

@@ -42,6 +42,9 @@ class Defense(Plugin, base=True):
     # a protection's parameters that only change what is released (not what is learned): changing them
     # reuses the trained generator and the victims trained on protected data
     release_parameters: typing.ClassVar[tuple[str, ...]] = ()
+    # True: a protection whose released perturbation is a learned generator's bounded output (PPL's epsilon *
+    # tanh), so one at its bound everywhere means its training diverged (flag ``generator_saturated``)
+    learned_generator: typing.ClassVar[bool] = False
 
     def fit(self, method: HashingMethod, model: HashModel, train: ImageSet, ctx: TrainContext) -> None:
         """Train ``model`` in place (with ``starts_from_victim``: go on training the trained victim)."""

@@ -144,6 +144,7 @@ class ProSGAN(Attack):
              "Hashing. CVPR 2021")
     url = "https://github.com/xunguangwang/ProS-GAN"
     targeted = True
+    learned_generator = True                          # its adversarial image is the generator's tanh output
 
     perturb_parameters: typing.ClassVar[tuple[str, ...]] = ("bounded",)  # a bounded run reuses the generator
 

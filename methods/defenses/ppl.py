@@ -17,45 +17,37 @@ with S_ij = +1 for items sharing a label, -1 otherwise, and c the surrogate's co
 J = J_o + J_p (Eq. 14) does both: a gradient reversal layer (Eq. 13) sits between G and F on the J_p
 path only, so G receives grad J_o - lambda grad J_p and F receives grad J_o + grad J_p.
 
-Readings of the extracted text, where it is garbled or silent:
-* Eq. 2 allows an L1, L2 or L-inf bound; the experiments use L-inf, the only one implemented.
-* Eq. 4 and 9 read "h(z_i)^T h(z_i)" and "h(x_i)^T h(z_i)" beside S_ij; we use the pairs (i, j).
-* Sums or means: the equations sum over a batch's n^2 pairs (J_o, J_s) and n items (J_e), while D_s is
-  one normalised number (at most 4). Summed at batch 512, beta J_s has 262,144 terms against 512 for J_e
-  and one for D_s, so alpha and gamma can hardly matter. The default follows the letter of the equations
-  (``loss_reduction = "sum"``); "mean" averages J_o and J_s per pair and J_e per item.
-* The kernel k of SMMD is not named: a mean of five Gaussian kernels exp(-d^2 / s), s = 2c * 2^m for
-  m = -2..2 (CDD's five bandwidths, a factor 2 apart, of which PPL's SMMD is a variant), centred on 2c,
-  the mean squared distance between two random codes of c bits, so the kernel does not depend on the batch.
-* Algorithm 1 nests "for i = 1:t, for j = 1:e, e = [t/m]" and updates F with grad J_p alone; Eq. 12 and
-  14 have F minimise J_o + J_p. We follow the equations (``surrogate_objective = "equations"``: they are
-  the method's definition, the algorithm box its summary); ``"algorithm"`` is Algorithm 1's letter, where
-  J_o reaches G through a copy of F that J_o does not update. ``iterations`` = t = 1000 mini-batch
-  updates for FashionMNIST (t * floor(t/m) at t = 1000, m = 512 is also 1000). If e was meant as the
-  batches per epoch, t counted epochs: set ``iterations`` to 20 times as many.
-* Algorithm 1 says "SGD" without settings: the default is plain SGD (no momentum) at the stated learning
-  rates; ``optimizer = "adam"`` is the alternative. Measured on FashionMNIST, DSDH at 16 bits (all 10,000
-  queries, the paper grid's set-up): with Adam and mean losses the generator used an L-inf of 0.03 of its
-  0.3 and the protection changed nothing (C->C 0.6492, C->A 0.6505, A->C 0.6511, A->A 0.6524); with the
-  letter (SGD, sums) C->A 0.6093, A->C 0.5623, A->A 0.5412, and the model trained on protected data
-  reaches A->A 0.6787 above its A->C 0.5571 and C->A 0.4831 (paper: drops of about 60%). But under the
-  letter the game is degenerate: the summed losses' gradients throw the surrogate between two collapsed
-  states for all 1000 updates (J_o per pair 230, every code alike, and 65, outputs near 0, on alternate
-  logs), and it ends at chance (mAP 0.145 on clean training images, a random ranking's 0.100), so
-  ``check_surrogate`` flags the protection (``surrogate_at_chance``); the generator saturates at
-  +-epsilon whatever it plays against (with Algorithm 1's surrogate update, DSDH 16 bits: the clean-trained
-  model's four scenarios equal to four decimals, the protected-trained model's within 0.007). The Adam/mean
-  surrogate does learn (mAP 0.629), but its generator stays small.
-* The generator: "an auto-encoder like structure, where the encoder/decoder consists of 4 convolution
-  layers" of 16, 32, 64, 128 channels on FashionMNIST (64 to 512 on CIFAR-10/ImageNet: ``width``).
-  Kernels, strides and normalisation are not given: 3x3 and 4x4 convolutions, the middle two with
-  stride 2 while the side stays even, ReLU, no normalisation; the decoder mirrors the encoder and ends in
-  epsilon * tanh, which keeps ||G(x)||_inf <= epsilon.
-* The results use "the generator learned from PPL with 8-bit code length": ``surrogate_bits = 8``.
-* The surrogate's hash layer keeps PyTorch's default initialisation. With the victims' N(0, 0.01) (CgAT,
-  ProS-GAN) its tanh outputs start near 0, a saddle of the square losses: with S in {-1, +1} and ten
-  classes, nine pairs in ten are dissimilar, descent shrank the outputs further, and J_o stayed at c^2
-  for 60 updates (on clean data alone, batch 128), where the default initialisation left it by update 80.
+Readings, where the extracted text is garbled or silent (the alternative kept as an option where it changes
+numbers; every parameter is on every row as ``defense_params``):
+* Bound: Eq. 2 allows L1, L2 or L-inf; the experiments use L-inf, the only one implemented.
+* Pairs: Eq. 4 and 9 read "h(z_i)^T h(z_i)" and "h(x_i)^T h(z_i)" beside S_ij; we use the pairs (i, j).
+* Optimizer and reduction (``optimizer``, ``loss_reduction``): Algorithm 1 says "SGD" without settings and
+  the equations sum over a batch's n^2 pairs. Default: Adam for both players at the stated learning rates,
+  on mean losses (J_o, J_s per pair, J_e per item), after the nearest public re-implementation of this
+  family (PPCL, the cross-modal follow-up: Adam for G, mean losses; momentum SGD for its retrieval nets,
+  which the paper does not describe). The letter, ``sgd`` with ``sum``, is numerically
+  degenerate: at batch 512 the summed gradients blow the surrogate's weights up (about 1e4) and saturate G
+  at +epsilon on every pixel of every image within 30 updates, so its protection is clamp(x + 0.3, 0, 1),
+  a brightness shift (flags ``perturbation_universal``, ``generator_saturated``, ``surrogate_at_chance``).
+* Generator (``normalization``, ``width``): "an auto-encoder like structure, where the encoder/decoder
+  consists of 4 convolution layers" of 16, 32, 64, 128 channels on FashionMNIST (64 to 512 on CIFAR-10 and
+  ImageNet). Kernels, strides and normalisation are not given: 3x3 and 4x4 convolutions, the middle two
+  with stride 2 while the side stays even, ReLU; the decoder mirrors the encoder and ends in epsilon * tanh
+  (so ||G(x)||_inf <= epsilon). Default ``batch``: BatchNorm after every hidden layer, as PPCL has; without
+  it (``none``) and with Adam on mean losses G stays nearly silent (L-inf 0.03 of its 0.3).
+* Kernel: the k of SMMD is not named: a mean of five Gaussian kernels exp(-d^2 / s), s = 2c * 2^m for
+  m = -2..2 (CDD's five bandwidths, of which SMMD is a variant), centred on 2c, the mean squared distance
+  between two random c-bit codes, so the kernel does not depend on the batch.
+* Surrogate update (``surrogate_objective``): Eq. 12 and 14 have F minimise J_o + J_p (default: the
+  equations define the method); Algorithm 1 updates F with grad J_p alone (``algorithm``: J_o then reaches
+  G through a copy of F that J_o does not update).
+* Schedule (``iterations``): Algorithm 1 nests "for i = 1:t, for j = 1:e, e = [t/m]"; t = 1000 mini-batch
+  updates on FashionMNIST (t * floor(t/m) at t = 1000, m = 512 is also 1000). If t counted epochs, set 20
+  times as many.
+* Surrogate: the code length of the results' generator, ``surrogate_bits = 8``; its hash layer keeps
+  PyTorch's default initialisation (the victims' N(0, 0.01) starts its tanh near 0, a saddle of the square
+  losses). ``check_surrogate`` flags one that ends the game at chance (``surrogate_at_chance``); its probe
+  mAP is recorded every ``PROBE_EVERY`` updates (``ppl_surrogate_probe``) beside the losses (``ppl_losses``).
 """
 from __future__ import annotations
 
@@ -70,30 +62,42 @@ from benchmark import (Defense, ImageSet, OneOf, Range, TrainContext, build_vict
                        pairwise_similarity, probe_retrieval, reverse_gradient, smmd)
 
 
-class Generator(nn.Module):
-    """The auto-encoder G: x (B, C, H, W) in [0, 1] -> perturbation in [-epsilon, epsilon], same shape."""
+PROBE_EVERY = 100  # updates between two probes of the surrogate's retrieval (recorded, not used)
 
-    def __init__(self, channels: int, side: int, width: int, epsilon: float):
+
+class Generator(nn.Module):
+    """The auto-encoder G: x (B, C, H, W) in [0, 1] -> perturbation in [-epsilon, epsilon], same shape.
+
+    ``normalization`` "batch" puts BatchNorm after every hidden layer (before its ReLU; that layer then has no
+    bias, which the normalisation would cancel), "none" leaves it out.
+    """
+
+    def __init__(self, channels: int, side: int, width: int, epsilon: float, normalization: str = "batch"):
         super().__init__()
         w = (width, 2 * width, 4 * width, 8 * width)  # 16, 32, 64, 128 on FashionMNIST
         halvings = [side % 2 == 0, side % 4 == 0]     # stride 2 in layers 2 and 3 while the side stays even
+        norm = normalization == "batch"
 
-        def down(c_in, c_out, halve):
-            return nn.Conv2d(c_in, c_out, 4, 2, 1) if halve else nn.Conv2d(c_in, c_out, 3, 1, 1)
-
-        def up(c_in, c_out, double):
-            return nn.ConvTranspose2d(c_in, c_out, 4, 2, 1) if double else nn.Conv2d(c_in, c_out, 3, 1, 1)
+        def hidden(c_in: int, c_out: int, resample: str = "") -> list[nn.Module]:
+            """One hidden layer: a 3x3 convolution, or 4x4 with stride 2 ("down") or its transpose ("up")."""
+            if resample == "down":
+                layer = nn.Conv2d(c_in, c_out, 4, 2, 1, bias=not norm)
+            elif resample == "up":
+                layer = nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=not norm)
+            else:
+                layer = nn.Conv2d(c_in, c_out, 3, 1, 1, bias=not norm)
+            return [layer, nn.BatchNorm2d(c_out), nn.ReLU()] if norm else [layer, nn.ReLU()]
 
         self.encoder = nn.Sequential(
-            nn.Conv2d(channels, w[0], 3, 1, 1), nn.ReLU(),
-            down(w[0], w[1], halvings[0]), nn.ReLU(),    # (B, 2w, H/2, W/2) on FashionMNIST: 14x14
-            down(w[1], w[2], halvings[1]), nn.ReLU(),    # (B, 4w, H/4, W/4): 7x7
-            nn.Conv2d(w[2], w[3], 3, 1, 1), nn.ReLU(),
+            *hidden(channels, w[0]),
+            *hidden(w[0], w[1], "down" if halvings[0] else ""),  # (B, 2w, H/2, W/2) on FashionMNIST: 14x14
+            *hidden(w[1], w[2], "down" if halvings[1] else ""),  # (B, 4w, H/4, W/4): 7x7
+            *hidden(w[2], w[3]),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(w[3], w[2], 3, 1, 1), nn.ReLU(),
-            up(w[2], w[1], halvings[1]), nn.ReLU(),
-            up(w[1], w[0], halvings[0]), nn.ReLU(),
+            *hidden(w[3], w[2]),
+            *hidden(w[2], w[1], "up" if halvings[1] else ""),
+            *hidden(w[1], w[0], "up" if halvings[0] else ""),
             nn.Conv2d(w[0], channels, 3, 1, 1), nn.Tanh(),
         )
         self.epsilon = epsilon
@@ -122,6 +126,7 @@ class PPL(Defense):
     name = "ppl"
     paper = "Zhang, Huang, Xu. Proactive Privacy-preserving Learning for Retrieval. AAAI 2021"
     protects = True
+    learned_generator = True                                 # released = x + epsilon * tanh(.)
 
     release_parameters: typing.ClassVar[tuple[str, ...]] = ("database_share",)
 
@@ -131,21 +136,22 @@ class PPL(Defense):
     batch_size: Annotated[int, Range(1)] = 512               # FashionMNIST (others 32)
     lr_generator: Annotated[float, Range(0, low_open=True)] = 1e-4
     lr_surrogate: Annotated[float, Range(0, low_open=True)] = 1e-3
-    optimizer: Annotated[str, OneOf("sgd", "adam")] = "sgd"  # Algorithm 1 (no momentum given)
+    optimizer: Annotated[str, OneOf("adam", "sgd")] = "adam"  # Algorithm 1 says SGD: degenerate (docstring)
     alpha: float = 1.0                                       # weight of the domain loss D_s
     beta: float = 10.0                                       # weight of the similarity loss J_s
     gamma: float = 1.0                                       # weight of the matching loss J_e
     reversal: float = 1.0                                    # lambda of the gradient reversal layer
-    loss_reduction: Annotated[str, OneOf("sum", "mean")] = "sum"   # Eq. 4, 9, 10 sum (see the docstring)
+    loss_reduction: Annotated[str, OneOf("mean", "sum")] = "mean"  # Eq. 4, 9, 10 sum: degenerate (docstring)
     surrogate_objective: Annotated[str, OneOf("equations", "algorithm")] = "equations"  # F: J_o + J_p / J_p
     surrogate_backbone: str = "smallcnn"                     # FashionMNIST; resnet50 for CIFAR-10/ImageNet
     surrogate_bits: Annotated[int, Range(1)] = 8             # the code length of the paper's results
     width: Annotated[int, Range(1)] = 16                     # generator channels width * (1, 2, 4, 8); 64 for RGB
+    normalization: Annotated[str, OneOf("batch", "none")] = "batch"  # in G; not stated (docstring)
 
     def build(self, image_shape: tuple[int, int, int], mean: tuple, std: tuple) -> None:
         channels, side, _ = image_shape
         self.image_shape, self.mean, self.std = tuple(image_shape), tuple(mean), tuple(std)
-        self.generator = Generator(channels, side, self.width, self.epsilon)
+        self.generator = Generator(channels, side, self.width, self.epsilon, self.normalization)
         self.surrogate = build_victim(self.surrogate_backbone, self.surrogate_bits, channels, side, mean, std)
         self.surrogate.hash_layer.reset_parameters()  # PyTorch's default init, not the victims' N(0, 0.01)
 
@@ -194,23 +200,42 @@ class PPL(Defense):
             loss.backward()
             optimizer.step()
             if (iteration + 1) % 10 == 0 or iteration + 1 == self.iterations:
-                values = {name: term.item() for name, term in terms.items()}
-                ctx.info.setdefault("ppl_losses", []).append({"iteration": iteration + 1, **values})
-                ctx.progress(f"iteration {iteration + 1}/{self.iterations} "
-                             + " ".join(f"{name} {value:.4g}" for name, value in values.items()))
+                self.record_losses(iteration + 1, terms, ctx)
+            if (iteration + 1) % PROBE_EVERY == 0 and iteration + 1 < self.iterations:
+                self.record_probe(iteration + 1, self.probe_surrogate(train, ctx.device), ctx)
         generator.eval()
         surrogate.eval()
         self.check_surrogate(train, ctx)
 
-    def check_surrogate(self, train: ImageSet, ctx: TrainContext, probe_images: int = 2000) -> None:
-        """Flag a surrogate that ends the game unable to retrieve clean training images (a quarter of the probe
-        queries the rest): the generator was then trained against no working retrieval model."""
-        n = min(probe_images, len(train))
-        codes = torch.cat([self.surrogate.codes(train.load(index).to(ctx.device)).cpu()
+    def record_losses(self, iteration: int, terms: dict[str, torch.Tensor], ctx: TrainContext) -> None:
+        values = {name: term.item() for name, term in terms.items()}
+        ctx.info.setdefault("ppl_losses", []).append({"iteration": iteration, **values})
+        ctx.progress(f"iteration {iteration}/{self.iterations} "
+                     + " ".join(f"{name} {value:.4g}" for name, value in values.items()))
+
+    @staticmethod
+    def record_probe(iteration: int, probe: dict, ctx: TrainContext) -> None:
+        """The surrogate's probe mAP beside a random ranking's, a curve on the leaderboard's curves page."""
+        ctx.info.setdefault("ppl_surrogate_probe", []).append(
+            {"iteration": iteration, "map": probe["map"], "chance": probe["chance"]})
+
+    @torch.no_grad()
+    def probe_surrogate(self, train: ImageSet, device: torch.device, probe_images: int = 2000) -> dict:
+        """``probe_retrieval`` of the surrogate on clean training images: a quarter of them query the rest."""
+        n, training = min(probe_images, len(train)), self.surrogate.training
+        self.surrogate.eval()  # a BatchNorm backbone's running statistics stay as the game left them
+        codes = torch.cat([self.surrogate.codes(train.load(index).to(device)).cpu()
                            for index in torch.arange(n).split(256)])
+        self.surrogate.train(training)
         labels, queries = train.labels[:n], max(1, n // 4)
-        probe = probe_retrieval(codes[:queries], labels[:queries], codes[queries:], labels[queries:])
+        return probe_retrieval(codes[:queries], labels[:queries], codes[queries:], labels[queries:])
+
+    def check_surrogate(self, train: ImageSet, ctx: TrainContext, probe_images: int = 2000) -> None:
+        """Flag a surrogate that ends the game unable to retrieve clean training images: the generator was
+        then trained against no working retrieval model."""
+        probe = self.probe_surrogate(train, ctx.device, probe_images)
         ctx.info["surrogate_probe"] = probe
+        self.record_probe(self.iterations, probe, ctx)
         if probe["at_chance"]:
             ctx.flag("surrogate_at_chance", f"PPL's surrogate ends its game at chance on clean training images "
                                             f"(mAP {probe['map']:.3f}, a random ranking's {probe['chance']:.3f}): "
