@@ -235,6 +235,8 @@ def plan_grid(args: argparse.Namespace) -> int:
     for number, (title, cells) in enumerate(blocks, 1):
         if args.target_rule is not None:  # as the runner applies --target-rule
             cells = [dataclasses.replace(cell, target_rule=args.target_rule) for cell in cells]
+        if not cells:  # --only left none of this block
+            continue
         print(f"-- block {number}: {title or '(no comment)'}")
         work = Work()
         for cell in cells:

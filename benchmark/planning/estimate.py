@@ -17,11 +17,12 @@ a training step), multiplies by the backbone's forward FLOPs per image, and divi
 - ``PASSES``: a backward pass costs about as much again as the forward pass per quantity it differentiates, so
   forward 1, forward + backward to the input 2 (attacks), forward + backward to the weights and input 3 (training).
 - ``H100_TFLOPS`` = 200: one H100-class GPU running TF32 convolutions at about 40% of its 495 TFLOP/s dense TF32
-  peak (the assumption of docs/notes' GPU review, not measured here). bf16 would about double it; plain fp32
-  about a third of it.
+  peak (an assumption, taken from the project's GPU-readiness review; nobody has measured it with hashbench).
+  bf16 would about double it; plain fp32 about a third of it.
 
-What the model leaves out, so a real run takes longer: JPEG decoding of the file datasets (measured at about 250
-images per second per CPU thread: it bounds training and encoding unless the GPU waits on more threads), the
+What the model leaves out, so a real run takes longer: JPEG decoding of the file datasets (the same review
+measured 239-272 images per second with one or two threads on a 2-core CPU: it bounds training and encoding
+unless the GPU is fed by more threads), the
 generators and PrototypeNets of ProS-GAN, THA, ATRDH and PPL (small next to the backbones), scoring, and launch
 overhead, which dominates the small networks (``smallcnn``: their estimates are a floor, not a forecast).
 Stages shared by several cells (a victim, its codes, a learned attack's preparation) are counted once, for the
