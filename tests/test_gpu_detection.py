@@ -55,6 +55,8 @@ def test_auto_refuses_the_cpu_when_a_listed_gpu_is_unusable(gpu_listed):
     assert f"torch {torch.__version__} built for CUDA {torch.version.cuda or 'none'}" in message
     assert "--device cpu" in message
     assert pick_device("cpu") == torch.device("cpu")  # asking for the CPU still works
+    with pytest.raises(ValueError, match=f"driver {DRIVER}.*--device cpu"):
+        pick_device("cuda")
 
 
 def test_auto_picks_the_cpu_without_nvidia_smi_and_says_so(no_nvidia_smi, caplog):
@@ -108,3 +110,50 @@ def test_the_environment_check_passes_without_a_gpu(tmp_path):
 
 def test_faiss_matches_the_exact_kernel_here():
     assert gpu.faiss_check(queries=50, database=3_000, bits=32, k=100) == 0
+
+
+def fake_checkout(tmp_path: Path) -> tuple[Path, Path]:
+    """A checkout holding setup_env.sh, the requirement files and the harness, and an environment cache whose
+    environments (CPU and GPU FAISS) are already built: wrappers around this test's Python."""
+    checkout, cache = tmp_path / "checkout", tmp_path / "envs"
+    (checkout / "tools").mkdir(parents=True)
+    for name in ("tools/setup_env.sh", "requirements.txt", "requirements-gpu.txt"):
+        (checkout / name).write_bytes((ROOT / name).read_bytes())
+    (checkout / "benchmark").symlink_to(ROOT / "benchmark")
+    version = subprocess.run([sys.executable, "-c", "import sys; print(sys.version)"], capture_output=True,
+                             text=True, check=True).stdout
+    import hashlib
+
+    for files, suffix in ((["requirements.txt"], ""), (["requirements.txt", "requirements-gpu.txt"], "-gpu")):
+        text = b"".join((ROOT / f).read_bytes() for f in files) + version.encode()
+        env = cache / f"venv-{hashlib.sha256(text).hexdigest()[:16]}{suffix}"
+        (env / "bin").mkdir(parents=True)
+        (env / "bin" / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+        (env / "bin" / "python").chmod(0o755)
+        (env / ".complete").touch()
+    return checkout, cache
+
+
+def run_setup(checkout: Path, cache: Path, path: str) -> subprocess.CompletedProcess:
+    env = {"PATH": path, "HOME": os.environ.get("HOME", "/tmp"), "PYTHON": sys.executable,
+           "HASHBENCH_ENV_CACHE": str(cache), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    return subprocess.run(["bash", str(checkout / "tools/setup_env.sh")], env=env, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_make_env_fails_naming_driver_and_build_when_a_listed_gpu_is_unusable(tmp_path):
+    checkout, cache = fake_checkout(tmp_path)
+    stub = stub_nvidia_smi(tmp_path / "bin", LISTING)
+    done = run_setup(checkout, cache, f"{stub}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    assert done.returncode == 1, done.stderr
+    assert f"driver {DRIVER}" in done.stderr and f"torch {torch.__version__}" in done.stderr
+    assert (checkout / ".venv").resolve().name.endswith("-gpu")  # linked all the same: --device cpu still runs
+
+
+def test_make_env_needs_no_cuda_check_without_a_gpu(tmp_path):
+    checkout, cache = fake_checkout(tmp_path)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    done = run_setup(checkout, cache, f"{empty}{os.pathsep}/usr/bin{os.pathsep}/bin")
+    assert done.returncode == 0, done.stderr
+    assert not (checkout / ".venv").resolve().name.endswith("-gpu")

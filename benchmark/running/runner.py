@@ -47,7 +47,11 @@ def pick_device(device: str) -> torch.device:
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
     if picked.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+        from benchmark.running.gpu import gpu_problem, torch_build
+
+        why = gpu_problem() or f"nvidia-smi lists no GPU; {torch_build()}"
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here ({why}); use "
+                         f"--device cpu")
     return picked
 
 
