@@ -21,6 +21,7 @@ import datetime
 import logging
 import os
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -32,6 +33,18 @@ log = logging.getLogger("hashbench")
 def prog() -> str:
     """The name this was started by (bench.py or hashbench), as argparse shows it."""
     return os.path.basename(sys.argv[0])
+
+
+def positive_seconds(text: str) -> float:
+    """argparse type for a time limit in seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds (leave the option out to wait as "
+                                         f"long as it takes); got {text}")
+    return value
 
 
 def non_negative_int(text: str) -> int:
@@ -109,7 +122,15 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
-    group.add_argument("--force", action="store_true", help="recompute cells already in the result store")
+    group.add_argument("--force", action="store_true",
+                       help="recompute cells already in the result store, from the attack on: a learned attack's "
+                            "preparation, the attack (or a protection's release) and the scoring, whatever is cached")
+    group.add_argument("--force-victims", action="store_true",
+                       help="as --force, and also retrain the victims (and protections), re-encode their codes and "
+                            "redraw the targets")
+    group.add_argument("--claim-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                       help="give up waiting for a stage or cell another process is computing after this long "
+                            "(its cell becomes an error row naming the holder; default: wait as long as it takes)")
     group.add_argument("--executor", default="local", choices=["local", "ray"],
                        help="local: one cell after another in this process (default); ray: the cells as Ray tasks, "
                             "grouped by victim (cache and results folders must be shared by every machine)")
@@ -169,7 +190,20 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     if args.command == "run" and args.address is not None and args.executor != "ray":
         parser.error(f"run: --address {args.address} needs --executor ray (the local executor runs every cell "
                      f"in this process)")
+    refuse_unsafe_store_folders(parser, args)
     return args
+
+
+def refuse_unsafe_store_folders(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Before any work: --results and --cache must be folders of their own (not /, the home folder, the checkout)."""
+    from benchmark.storage.folders import UnsafeStoreFolder, check_store_folder
+
+    for what in ("results", "cache"):
+        if getattr(args, what, None) is not None:
+            try:
+                check_store_folder(getattr(args, what), what, ROOT)
+            except UnsafeStoreFolder as exc:
+                parser.error(f"{args.command}: {exc}")
 
 
 def fail(message: object) -> int:
@@ -304,24 +338,29 @@ def list_stale(args: argparse.Namespace) -> int:
     stale = stale_cells(read_results(args.results)[0], ROOT)
     for row in stale.itertuples():
         print(f"{row.cell_key}  {row.description}: {row.reasons}")
-    print(f"{len(stale)} stale cell(s) in {args.results}/"
+    print(f"{len(stale)} stale cell(s) in {args.results}/ (its own files; a sub-folder is a store of its own)"
           + (f" ({prog()} prune deletes them)" if len(stale) else ""))
     return 0
 
 
 def prune(args: argparse.Namespace) -> int:
-    from leaderboard.store import remove_stale, stale_files
+    from leaderboard.store import KEPT_BECAUSE_TRACKED, remove_stale, stale_files, tracked_files
 
     if args.dry_run:
         files = stale_files(args.results, ROOT)
+        tracked = tracked_files(files)
         for path in files:
-            print(f"would remove {path}")
-        print(f"{len(files)} result file(s) of stale cells in {args.results}/ (nothing removed: --dry-run)")
+            print(f"would keep {path}: {KEPT_BECAUSE_TRACKED}" if path in tracked else f"would remove {path}")
+        print(f"{len(files) - len(tracked)} result file(s) of stale cells in {args.results}/ would be removed, "
+              f"{len(tracked)} kept (nothing removed: --dry-run)")
         return 0
-    removed = remove_stale(args.results, ROOT)
+    removed, kept = remove_stale(args.results, ROOT)
     for path in removed:
         print(f"removed {path}")
-    print(f"removed {len(removed)} result file(s) of stale cells from {args.results}/")
+    for path in kept:
+        print(f"kept {path}: {KEPT_BECAUSE_TRACKED}")
+    print(f"removed {len(removed)} result file(s) of stale cells from {args.results}/"
+          + (f"; kept {len(kept)} that git tracks" if kept else ""))
     return 0
 
 
@@ -330,21 +369,47 @@ def stop_on_terminate(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
-def record_run(args, runner, cells, counts: dict, started: datetime.datetime) -> None:
-    """Append the run's manifest (what ran, where, how long) to ``<results>/_runs.jsonl`` (not a result file)."""
+def append_manifest(results: str, record: dict) -> None:
+    """One line of ``<results>/_runs.jsonl``, written in one ``write`` so that runs sharing the store never
+    interleave their lines."""
     import json
+
+    line = (json.dumps(record) + "\n").encode()
+    handle = os.open(Path(results) / "_runs.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        os.write(handle, line)
+    finally:
+        os.close(handle)
+
+
+def start_manifest(args, runner, cells, started: datetime.datetime) -> dict:
+    """Record that the run started (status "running"), before any cell: a run killed with -9 leaves this line
+    and no end line with its ``run`` id."""
+    import uuid
 
     import torch
 
+    manifest = {"run": uuid.uuid4().hex[:12], "status": "running", "pid": os.getpid(),
+                "host": socket.gethostname(), "command": " ".join([prog(), *args.argv]), "grid": args.grid,
+                "cells": len(cells), "started": started.isoformat(timespec="seconds"), "executor": args.executor,
+                "threads": torch.get_num_threads(),
+                **{k: runner.environment[k] for k in ("device", "torch", "faiss", "python", "git_commit")}}
+    append_manifest(args.results, manifest)
+    return manifest
+
+
+def finish_manifest(args, manifest: dict, status: str, counts: dict, reason: str = "") -> None:
+    """The run's end line: the start line's fields, then how it ended (ok, interrupted, error), the counts of
+    cells computed, taken from the store and failed (so far, if it did not finish) and how long it took."""
     finished = datetime.datetime.now(datetime.timezone.utc)
-    manifest = {"command": " ".join([prog(), *args.argv]), "grid": args.grid, "cells": len(cells),
-                **counts, "started": started.isoformat(timespec="seconds"),
-                "finished": finished.isoformat(timespec="seconds"),
-                "seconds": round((finished - started).total_seconds(), 1), "executor": args.executor,
-                "threads": torch.get_num_threads(), **{k: runner.environment[k] for k in
-                                                        ("device", "torch", "faiss", "python", "git_commit")}}
-    with open(Path(args.results) / "_runs.jsonl", "a") as log_file:
-        log_file.write(json.dumps(manifest) + "\n")
+    started = datetime.datetime.fromisoformat(manifest["started"])
+    record = {**manifest, "status": status, **counts, "finished": finished.isoformat(timespec="seconds"),
+              "seconds": round((finished - started).total_seconds(), 1), **({"reason": reason} if reason else {})}
+    try:
+        append_manifest(args.results, record)
+    except OSError as exc:  # e.g. the disk filled up: say so, but do not hide how the run ended
+        print(f"{prog()}: could not record the run's end in {args.results}/_runs.jsonl ({exc.strerror or exc})",
+              file=sys.stderr)
 
 
 def run_on_cluster(runner, cells: list, args: argparse.Namespace) -> dict[str, int]:
@@ -359,6 +424,7 @@ def run_grid(args: argparse.Namespace) -> int:
     from benchmark import Registry
     from benchmark.running.runner import ResultsNotWritable, Runner
     from benchmark.scoring.evaluate import EvaluationConventions
+    from benchmark.storage.cache import check_writable
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -367,21 +433,27 @@ def run_grid(args: argparse.Namespace) -> int:
         cells = expand_grid(args, registry)
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
-                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force)
-    except ValueError as exc:
+                        conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
+                        force_victims=args.force_victims, claim_timeout=args.claim_timeout)
+        check_writable(args.results, "results")  # the manifest's first line goes there before any cell
+        manifest = start_manifest(args, runner, cells, datetime.datetime.now(datetime.timezone.utc))
+    except (ValueError, OSError) as exc:
         return fail(exc)
     print(f"grid {args.grid!r}: {len(cells)} cells on {runner.environment['device']}", file=sys.stderr)
-    started = datetime.datetime.now(datetime.timezone.utc)
     signal.signal(signal.SIGTERM, stop_on_terminate)
     try:
         counts = run_on_cluster(runner, cells, args) if args.executor == "ray" else runner.run(cells)
-        record_run(args, runner, cells, counts, started)
     except KeyboardInterrupt:
-        record_run(args, runner, cells, {"interrupted": True}, started)
+        finish_manifest(args, manifest, "interrupted", runner.counts)
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ResultsNotWritable, OSError) as exc:
+    except (ResultsNotWritable, OSError, ValueError) as exc:
+        finish_manifest(args, manifest, "error", runner.counts, reason=str(exc))
         return fail(exc)
+    except BaseException as exc:
+        finish_manifest(args, manifest, "error", runner.counts, reason=f"{type(exc).__name__}: {exc}")
+        raise
+    finish_manifest(args, manifest, "ok", counts)
     if not args.no_leaderboard:
         print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
     return 1 if counts["error"] else 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import inspect
 import logging
 import math
 import sys
@@ -250,7 +251,7 @@ class Registry:
                 try:
                     plugin = load_plugin_file(path, kind, base)
                 except Exception as exc:  # a broken plugin must not stop the others
-                    failure = PluginFailure(kind, path, describe_exception(exc))
+                    failure = PluginFailure(kind, path, describe_exception(exc, path))
                     registry.failures.append(failure)
                     log.warning("%s", failure)
                     continue
@@ -275,7 +276,7 @@ class Registry:
         try:
             return load_plugin_file(path, kind, (bases or base_classes())[kind])
         except Exception as exc:
-            raise ValueError(f"{kind} plugin {name!r} failed to load: {describe_exception(exc)}") from exc
+            raise ValueError(f"{kind} plugin {name!r} failed to load: {describe_exception(exc, path)}") from exc
 
     def get(self, kind: str, name: str) -> type[Plugin]:
         found = self.plugins.get(kind, {})
@@ -292,10 +293,34 @@ class Registry:
         return sorted(self.plugins.get(kind, {}))
 
 
-def describe_exception(exc: BaseException) -> str:
+def describe_exception(exc: BaseException, plugin_file: Path) -> str:
+    """The error, and where in ``plugin_file`` it came from: the deepest frame of the traceback in that file (a
+    frame in the harness or a library below it says less about what to fix), or the line of a syntax error."""
+    line = plugin_line(exc, Path(plugin_file))
+    where = f"{plugin_file}, line {line}" if line else str(plugin_file)
+    return f"{type(exc).__name__}: {exc} ({where})"
+
+
+def plugin_line(exc: BaseException, plugin_file: Path) -> int | None:
+    if isinstance(exc, SyntaxError) and exc.filename and same_file(exc.filename, plugin_file):
+        return exc.lineno
     frames = traceback.extract_tb(exc.__traceback__)
-    where = f" (line {frames[-1].lineno})" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    lines = [frame.lineno for frame in frames if same_file(frame.filename, plugin_file)]
+    return lines[-1] if lines else None
+
+
+def same_file(name: str, path: Path) -> bool:
+    try:
+        return Path(name).resolve() == path.resolve()
+    except OSError:
+        return False
+
+
+def class_line(cls: type) -> int | str:
+    try:
+        return inspect.getsourcelines(cls)[1]
+    except (OSError, TypeError):
+        return "?"
 
 
 def file_hash(path: Path) -> str:
@@ -313,7 +338,9 @@ def load_plugin_file(path: Path, kind: str, base: type[Plugin]) -> type[Plugin]:
         spec.loader.exec_module(module)
     except SystemExit as exc:  # a plugin must not end the whole command
         sys.modules.pop(module_name, None)
-        raise ImportError(f"the file called sys.exit({exc.code!r}) while being imported") from None
+        line = plugin_line(exc, path)
+        raise ImportError(f"the file called sys.exit({exc.code!r}) while being imported"
+                          + (f" at line {line}" if line else "")) from None
     except BaseException:
         sys.modules.pop(module_name, None)
         raise
@@ -323,9 +350,11 @@ def load_plugin_file(path: Path, kind: str, base: type[Plugin]) -> type[Plugin]:
         raise TypeError(f"expected exactly one subclass of {base.__name__}, found {len(found)}")
     plugin = found[0]
     if plugin.name != path.stem:
-        raise TypeError(f"class {plugin.__name__} has name={plugin.name!r}; it must equal the file stem {path.stem!r}")
+        raise TypeError(f"class {plugin.__name__} (line {class_line(plugin)}) has name={plugin.name!r}; it must equal "
+                        f"the file stem {path.stem!r}")
     if not plugin.paper:
-        raise TypeError(f"class {plugin.__name__} must set paper (the citation it implements)")
+        raise TypeError(f"class {plugin.__name__} (line {class_line(plugin)}) must set paper (the citation it "
+                        f"implements)")
     plugin.kind = kind
     plugin.source_file = str(path)
     plugin.source_hash = file_hash(path)

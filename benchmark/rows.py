@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime
 import json
 import math
+import numbers
 
 import torch
 
@@ -20,7 +21,29 @@ from benchmark.plugins import Registry
 def cell_rows(plan: CellPlan, metrics: list[dict], registry: Registry, attack_batch: int, train_seconds: float,
               flags: list[str]) -> list[dict]:
     base = base_row(plan, registry, attack_batch, train_seconds, "; ".join(flags))
-    return [{**base, "topk": 0, "recall": math.nan, **metric} for metric in metrics]
+    return [typed_row({**base, "topk": 0, "recall": math.nan, **metric}) for metric in metrics]
+
+
+# The measurement's columns, one type each whatever a plugin returned, so the store reads as one table.
+WHOLE_COLUMNS = ("iterations", "topk")
+REAL_COLUMNS = ("value", "recall")
+
+
+def typed_row(row: dict) -> dict:
+    """``row`` with its measurement columns as ``int`` and ``float``; a TypeError names a value that is neither."""
+    for column in WHOLE_COLUMNS:
+        value = row[column]
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"metric {row.get('metric')!r} has {column} {value!r} ({type(value).__name__}); "
+                             f"expected a whole number")
+        row[column] = int(value)
+    for column in REAL_COLUMNS:
+        value = row[column]
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"metric {row.get('metric')!r} has {column} {value!r} ({type(value).__name__}); "
+                             f"expected a number")
+        row[column] = float(value)
+    return row
 
 
 def error_rows(plan: CellPlan, registry: Registry, attack_batch: int, exc: BaseException) -> list[dict]:
@@ -54,6 +77,7 @@ def base_row(plan: CellPlan, registry: Registry, attack_batch: int, train_second
         "iterations": attack.iteration_count(),
         "n_query": plan.data_identity.get("n_query", 0), "n_database": plan.data_identity.get("n_database", 0),
         "n_train": plan.data_identity.get("n_train", 0),
+        "data_folder": plan.data_identity.get("folder", ""),
         "target_rule": cell.target_rule, **plan.conventions.as_dict(),
         "epsilon_space": "linf_pixels_0_1" if cell.epsilon is not None else "unbounded",
         "attack_params": json.dumps(attack.params(), sort_keys=True),

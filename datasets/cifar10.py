@@ -10,8 +10,8 @@ split seed. Per class, the first images become queries, the next ones training i
 * ``cifar10-2``: 1,000 queries and 5,000 training images per class (10,000 / 50,000); database = the training set.
 
 mAP is over the whole database. The images stay 32x32 in memory; the victim resizes inside the model. The pickled
-batches (``cifar-10-batches-py``) are looked for under --data-root / $HASHBENCH_DATA, then hashbench's download
-folder, where torchvision can fetch them if the network allows.
+batches (``cifar-10-batches-py``) are looked for under --data-root / $HASHBENCH_DATA when either is given (only
+there), else in hashbench's download folder, where torchvision can fetch them if the network allows.
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark import Dataset, DatasetNotFound, Splits, TensorImages, data_roots, one_hot
+from benchmark import Dataset, DatasetNotFound, Splits, TensorImages, data_roots, given_data_roots, one_hot
 
 DOWNLOAD_FOLDER = Path.home() / ".cache" / "hashbench" / "data"
 BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -121,14 +121,16 @@ class CIFAR10(Dataset):
         for root in data_roots(self.name, data_root, [DOWNLOAD_FOLDER]):
             candidates += [root, root / "cifar-10-batches-py"]
         candidates = list(dict.fromkeys(candidates))
-        folder = find_folder(candidates) or (self.download and try_download())
+        given = given_data_roots(data_root)
+        folder = find_folder(candidates) or (not given and self.download and try_download())
         if not folder:
             searched = "\n  ".join(str(c) for c in candidates)
+            download = ("not tried: only the data root given was searched" if given else
+                        "tried and failed" if self.download else "disabled (download=False)")
             raise DatasetNotFound(
                 f"CIFAR-10 python batches ({', '.join(BATCHES)}) were not found. Looked in:\n  {searched}\n"
                 f"Get cifar-10-python.tar.gz from {self.url}, unpack it and pass --data-root FOLDER (or set "
-                f"HASHBENCH_DATA); torchvision's download was "
-                f"{'tried and failed' if self.download else 'disabled (download=False)'}.")
+                f"HASHBENCH_DATA); torchvision's download was {download}.")
         return folder
 
     def load(self, data_root=None) -> Splits:
@@ -141,4 +143,4 @@ class CIFAR10(Dataset):
         return Splits(query=pool.subset(index["query"]), database=pool.subset(index["database"]),
                       train=pool.subset(index["train"]), topk=self.topk or None, num_classes=self.num_classes,
                       mean=self.channel_mean, std=self.channel_std,
-                      notes={"folder": str(folder), "protocol_name": self.protocol_name})
+                      notes={"folder": str(folder), "protocol_name": self.protocol_name}, folder=str(folder))

@@ -92,4 +92,4 @@ class FashionMNISTMosaic(Dataset):
         train_index = np.sort(seeded_permutation(self.n_database, self.split_seed)[: self.n_train])
         return Splits(query=sets["query"], database=sets["database"], train=sets["database"].subset(train_index),
                       topk=self.topk or None, num_classes=self.num_classes, mean=source.mean, std=source.std,
-                      notes={"source": source.notes.get("folder"), "grid": GRID})
+                      notes={"source": source.notes.get("folder"), "grid": GRID}, folder=source.folder)

@@ -9,7 +9,8 @@ The published lists contain 381 database, 38 test and 95 train rows with no labe
 lines but 4,496 unique images (spec 5.1). Both are kept as published: ``zero_label="keep"`` (the count is
 logged; an unlabelled query has no relevant item, so it scores AP 0 or is skipped by the evaluation's
 zero-relevant rule, and an unlabelled database image is relevant to no query), and the
-repeated train lines stay. ``zero_label="drop"`` removes them, ``"error"`` refuses them.
+repeated train lines stay (``duplicates="keep"``; a repeat with other labels is an error, and ``"error"`` refuses
+every repeat). ``zero_label="drop"`` removes the unlabelled rows, ``"error"`` refuses them.
 
 The lists are read in either format: xunguangwang ``{test,database,train}_img.txt`` + ``_label.txt`` (0/1 rows),
 or swuxyj/DeepHash-pytorch ``{test,database,train}.txt`` ("path l1 ... l38"). With only a full list
@@ -55,6 +56,8 @@ class Flickr25K(Dataset):
     n_train: int = 5_000  # ProS-GAN Sec. 4.1, CgAT Sec. 4.1; full list only
     image_dir: str = ""  # sub-folder of the dataset folder that the list paths are relative to
     check_files: bool = True  # check at load time that every listed image exists
+    duplicates: str = "keep"  # error | keep (repeats whose labels agree); the published train list repeats 504 lines
+    paths_outside_folder: bool = False  # True: list paths may lead outside the dataset folder (absolute, ..)
 
     def load(self, data_root=None) -> Splits:
         return load_lists(self, data_root, ALIASES, HOW_TO_GET,

@@ -71,6 +71,8 @@ class NUSWIDE(Dataset):
     train_quota: int = 500  # training images per concept (code.py; CgAT: 10,500); full list only
     image_dir: str = ""  # sub-folder of the dataset folder that the list paths are relative to
     check_files: bool = True  # check at load time that every listed image exists
+    duplicates: str = "error"  # error | keep: a path listed twice in one list (same labels) is kept
+    paths_outside_folder: bool = False  # True: list paths may lead outside the dataset folder (absolute, ..)
 
     def load(self, data_root=None) -> Splits:
         return load_lists(self, data_root, ALIASES, HOW_TO_GET,

@@ -28,6 +28,8 @@ from pathlib import Path
 import jinja2
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from leaderboard import papers, plots, ranking, store
 from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, fmt_topk, isnum, parse_flags
@@ -374,7 +376,9 @@ def _write_downloads(df: pd.DataFrame, out: Path) -> bool:
         return False
     table = df.drop(columns=["cell", "run", "eps_key", "source_file"], errors="ignore")
     table.to_csv(out / "results.csv", index=False)
-    table.to_parquet(out / "results.parquet", index=False)
+    frame = pa.Table.from_pandas(table, preserve_index=False)
+    marked = frame.replace_schema_metadata({**(frame.schema.metadata or {}), store.DOWNLOAD_MARKER: b"1"})
+    pq.write_table(marked, out / "results.parquet")  # marked, so that reading a store never takes it for results
     return True
 
 

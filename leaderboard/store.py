@@ -5,7 +5,9 @@ a file pandas cannot read (or one without the columns every row must have) is na
 a file is skipped and its name and error are returned as a warning, which every page shows in a
 banner; ``strict=True`` raises ``ResultStoreError`` instead. Names starting with '.' or '_' (a write
 still in flight, a quarantined ``.corrupt-*`` file, ``.gitkeep``) are not part of the store, as in
-``benchmark.store``. Sub-folders are read too (published runs).
+``benchmark.storage.results``, nor is the leaderboard's own ``results.parquet`` download (marked in its
+parquet metadata, ``DOWNLOAD_MARKER``). A store is one folder: its sub-folders are stores of their own
+(``results/published/paper-cpu``), read, judged stale and pruned only when named as the store.
 
 Words used here and on the pages:
 
@@ -24,11 +26,13 @@ import hashlib
 import json
 import math
 import re
+import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # What identifies a point on the pages (the store's own ``cell_key`` groups the rows of a run).
@@ -58,6 +62,9 @@ ITERATION_KEYS = ("iterations", "iteration", "iters", "n_iter", "num_iter", "ste
 # rows written before the ``targeted`` column existed: the targeted attacks of the four papers
 KNOWN_TARGETED = frozenset({"p2p", "dhta", "prosgan", "tha", "fgsm_dhta", "ifgsm_dhta"})
 FLAG_NAME = re.compile(r"^[A-Za-z_][\w.-]*$")
+# parquet metadata key of the leaderboard's results.parquet download: a table of rows, never a result file
+DOWNLOAD_MARKER = b"hashbench.leaderboard_download"
+KEPT_BECAUSE_TRACKED = "tracked by git (a committed run; `git rm` it to delete it)"
 
 
 class ResultStoreError(RuntimeError):
@@ -66,16 +73,17 @@ class ResultStoreError(RuntimeError):
 
 def read_results(results_dir: str | Path, strict: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """All rows of the store as one normalised frame, and the warnings (one per file skipped)."""
-    root = Path(results_dir)
-    files = sorted(p for p in root.rglob("*.parquet")
-                   if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(root).parts))
+    files = sorted(p for p in Path(results_dir).glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
     frames, warnings = [], []
     for path in files:
         try:
+            if is_download(path):
+                continue
             frame = pd.read_parquet(path)
             missing = [c for c in REQUIRED if c not in frame.columns]
             if missing:
                 raise ValueError(f"missing column(s) {', '.join(missing)}")
+            check_named_by_its_cell(path, frame)
         except Exception as exc:  # noqa: BLE001 - any unreadable file is reported, with its name
             message = f"{path}: {type(exc).__name__}: {exc}".strip()
             if strict:
@@ -85,6 +93,25 @@ def read_results(results_dir: str | Path, strict: bool = False) -> tuple[pd.Data
         if len(frame):
             frames.append(frame.assign(source_file=str(path)))
     return normalise(pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), warnings
+
+
+def is_download(path: Path) -> bool:
+    """True for a results.parquet the leaderboard wrote (its rows again, so never read back as results)."""
+    return DOWNLOAD_MARKER in (pq.read_schema(path).metadata or {})
+
+
+CELL_FILE_NAME = re.compile(r"^[0-9a-f]{20}$")  # the harness names a cell's file by its key
+
+
+def check_named_by_its_cell(path: Path, frame: pd.DataFrame) -> None:
+    """A file named by a cell key must hold that cell's rows: one copied under another cell's name is not shown
+    as that cell (it would show one cell twice and hide the other)."""
+    if not CELL_FILE_NAME.match(path.stem) or "cell_key" not in frame.columns or not len(frame):
+        return
+    found = sorted(set(frame["cell_key"].astype(str)))
+    if found != [path.stem]:
+        raise ValueError(f"its rows are of cell {', '.join(found) or '(none)'}, not of cell {path.stem} its name "
+                         f"says (copied or renamed?)")
 
 
 def normalise(df: pd.DataFrame) -> pd.DataFrame:
@@ -293,12 +320,31 @@ def stale_files(results_dir: str | Path, root: str | Path = REPO_ROOT) -> list[P
     return [Path(name) for name in sorted(set(stale["source_file"]) - current_files)]
 
 
-def remove_stale(results_dir: str | Path, root: str | Path = REPO_ROOT) -> list[Path]:
-    """Delete the result files that hold only stale runs; returns the paths removed."""
-    removed = stale_files(results_dir, root)
+def tracked_files(paths: list[Path]) -> set[Path]:
+    """Those of ``paths`` (files of one folder) that git tracks. In a git checkout where git cannot say (not
+    installed, an error), every one of them counts as tracked: better kept than a committed file deleted."""
+    if not paths:
+        return set()
+    folder = paths[0].parent
+    try:
+        listed = subprocess.run(["git", "-C", str(folder), "ls-files", "-z", "--", *(p.name for p in paths)],
+                                capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        listed = None
+    if listed is not None and listed.returncode == 0:
+        return {folder / name for name in listed.stdout.split("\0") if name}
+    inside_checkout = any((parent / ".git").exists() for parent in [folder.resolve(), *folder.resolve().parents])
+    return set(paths) if inside_checkout else set()
+
+
+def remove_stale(results_dir: str | Path, root: str | Path = REPO_ROOT) -> tuple[list[Path], list[Path]]:
+    """Delete the result files that hold only stale runs, except those git tracks; returns (removed, kept)."""
+    files = stale_files(results_dir, root)
+    tracked = tracked_files(files)
+    removed = [path for path in files if path not in tracked]
     for path in removed:
         path.unlink(missing_ok=True)
-    return removed
+    return removed, [path for path in files if path in tracked]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,8 +364,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{rec['cell_key'] or rec['run']}  {rec['description']}  ({rec['reasons']})")
     print(f"{len(stale)} stale run(s) of {df['run'].nunique() if len(df) else 0} in {args.results}")
     if args.remove:
-        removed = remove_stale(args.results, args.root)
-        print(f"removed {len(removed)} file(s)")
+        removed, kept = remove_stale(args.results, args.root)
+        for path in kept:
+            print(f"kept {path}: {KEPT_BECAUSE_TRACKED}")
+        print(f"removed {len(removed)} file(s)" + (f", kept {len(kept)} that git tracks" if kept else ""))
     return 0
 
 

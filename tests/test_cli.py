@@ -31,7 +31,7 @@ def rejected(capsys, *argv: str) -> str:
 
 
 @pytest.mark.parametrize("command, present, absent", [
-    ("run", ["--grid", "--only", "--set", "--device", "--force", "--executor", "--address", "--site", "--results",
+    ("run", ["--grid", "--only", "--set", "--device", "--force", "--force-victims", "--executor", "--address", "--site", "--results",
              "--target-rule", "--threads", "--verbose"], ["--dry-run"]),
     ("list", ["--verbose"], ["--stale", "--results", "--grid", "--device", "--force"]),
     ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root"],
@@ -113,7 +113,7 @@ def test_plan_prints_every_key_and_what_is_stored_without_a_runner(tmp_path, cap
     assert len(set(keys)) == 22
     assert not results.exists()  # planning writes nothing
 
-    write_cell(results, keys[0], [{"status": "ok"}])
+    write_cell(results, keys[0], [{"status": "ok", "cell_key": keys[0]}])  # a file holds its cell's key
     assert cli.main(["plan", "--grid", "default", "--results", str(results)]) == 0
     second = capsys.readouterr().out.splitlines()
     second_cells = [line for line in second if KEY_LINE.match(line)]

@@ -73,8 +73,8 @@ def random_labels(n: int, num_classes: int, single: bool, rng: np.random.Generat
 
 
 def write_list_set(folder: Path, name: str, fmt: str = "xunguangwang", ext: str = "png", n_test: int = 4,
-                   n_database: int = 10, train=(0, 2, 5, 5, 9)) -> dict:
-    """Images im{i}.{ext} of uniform colour i under images/, and the test/database/train lists (train repeats one)."""
+                   n_database: int = 10, train=(0, 2, 5, 7, 9)) -> dict:
+    """Images im{i}.{ext} of uniform colour i under images/, and the test/database/train lists."""
     num_classes = EXPECTED[name][0]
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "images").mkdir(exist_ok=True)
@@ -308,9 +308,14 @@ def test_cifar10_reads_pickles(tmp_path):
 
 def test_cifar10_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(module_globals("cifar10"), "DOWNLOAD_FOLDER", tmp_path / "cache")
+    (tmp_path / "nowhere").mkdir()
     with pytest.raises(DatasetNotFound, match="Looked in") as error:
         plugin("cifar10", download=False).load(tmp_path / "nowhere")
     assert str(tmp_path / "nowhere" / "cifar-10-batches-py") in str(error.value)
+    assert "not tried: only the data root given was searched" in str(error.value)
+    with pytest.raises(DatasetNotFound, match="Looked in") as error:
+        plugin("cifar10", download=False).load(None)
+    assert str(tmp_path / "cache" / "cifar-10-batches-py") in str(error.value)
     assert "download=False" in str(error.value)
     folder = tmp_path / "cifar-10-batches-py"
     write_cifar(folder)
@@ -324,12 +329,16 @@ def test_cifar10_errors(tmp_path, monkeypatch):
 
 def test_folder_not_found_lists_where_it_looked(tmp_path, monkeypatch):
     monkeypatch.setattr(lists, "DATA_CACHE", tmp_path / "cache")  # the list reader's download cache
+    (tmp_path / "nowhere").mkdir()
     with pytest.raises(DatasetNotFound) as error:
         plugin("nuswide").load(tmp_path / "nowhere")
     message = str(error.value)
     assert str(tmp_path / "nowhere") in message and str(tmp_path / "nowhere" / "NUS-WIDE") in message
     assert "Looked in" in message and "DeepHash-pytorch" in message
-    assert str(tmp_path / "cache" / "nuswide") in message
+    assert str(tmp_path / "cache") not in message  # a given data root is the only place searched
+    with pytest.raises(DatasetNotFound) as error:
+        plugin("nuswide").load(None)
+    assert str(tmp_path / "cache" / "nuswide") in str(error.value)
 
 
 def test_missing_image_names_file_and_line(tmp_path):
@@ -530,12 +539,13 @@ def test_locate_folder_order_aliases_and_message(tmp_path, monkeypatch):
     cached.mkdir(parents=True)
     (cached / "test.txt").write_text("a.png 1\n")
     assert lists.locate_folder("thing", None, ["other"], "Get it.") == cached
+    (tmp_path / "nowhere").mkdir()
     with pytest.raises(DatasetNotFound) as error:
         lists.locate_folder("thing", tmp_path / "nowhere", ["thing", "elsewhere"], "Get it.")
     message = str(error.value)
-    nowhere, cache = tmp_path / "nowhere", tmp_path / "cache" / "thing"
+    nowhere = tmp_path / "nowhere"
     searched = [nowhere, nowhere / "thing", nowhere / "elsewhere", nowhere / "thing" / "thing",
-                nowhere / "thing" / "elsewhere", cache, cache / "thing", cache / "elsewhere"]  # in order, once each
+                nowhere / "thing" / "elsewhere"]  # in order, once each; a given root replaces the cache
     assert message == ("no thing list files (test_img.txt, test.txt, all_img.txt, all.txt) were found. Looked in:\n  "
                        + "\n  ".join(map(str, searched))
                        + "\nGet it. Then pass --data-root FOLDER (or set HASHBENCH_DATA).")
@@ -577,7 +587,7 @@ def test_load_lists_builds_splits_from_a_full_list(tmp_path):
     labels = np.eye(2, dtype=np.int64)[[0, 1, 0, 0, 1, 1]]
     write_list(folder, "all", [f"im{i}.png" for i in range(6)], labels, "swuxyj")
     thing = SimpleNamespace(name="thing", num_classes=2, zero_label="error", image_dir="pics", check_files=False,
-                            topk=0)
+                            topk=0, duplicates="error", paths_outside_folder=False)
     seen = []
 
     def build(full_labels):
@@ -594,8 +604,8 @@ def test_load_lists_builds_splits_from_a_full_list(tmp_path):
     assert splits.notes == {"folder": str(folder), "lists": "full list; split built here",
                             "zero_label_rows": {"all": 0}}
     thing.topk, thing.check_files = 3, True
-    with pytest.raises(DatasetNotFound, match=r"'im1.png' \(line 2 of all.txt\) is missing"):
-        load_lists(thing, tmp_path, ["alias"], "Get it.", build)
+    with pytest.raises(DatasetNotFound, match=r"'im0.png' \(line 1 of all.txt\) is missing.*\(6 of 6 images"):
+        load_lists(thing, tmp_path, ["alias"], "Get it.", build)  # the full list is checked, before the split
     thing.zero_label = "skip"
     with pytest.raises(ValueError, match=r"^thing.zero_label must be one of \('error', 'drop', 'keep'\); got 'skip'$"):
         load_lists(thing, tmp_path, ["alias"], "Get it.", build)

@@ -109,6 +109,7 @@ def test_plan_falls_back_to_the_card_for_a_missing_dataset(tmp_path, monkeypatch
     grid = tmp_path / "one.toml"
     grid.write_text('[[block]]\ndataset = "flickr25k"\nhashing = "dpsh"\nbackbone = "vgg11"\nbits = 32\n'
                     'attack = ["none", "dhta"]\n')
+    (tmp_path / "empty").mkdir()
     assert main(["plan", "--grid", str(grid), "--data-root", str(tmp_path / "empty")]) == 0
     captured = capsys.readouterr()
     assert len(re.findall(r"^\(no data\) +unknown +flickr25k", captured.out, re.M)) == 2

@@ -142,8 +142,8 @@ def test_stale_runs_are_listed_hidden_and_removable(tmp_path):
                            "--root", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and "2 stale run(s) of 3" in done.stdout and "pgd.py changed" in done.stdout
     assert len(list(results.glob("*.parquet"))) == 3  # listing removes nothing
-    removed = store.remove_stale(results, tmp_path)
-    assert len(removed) == 2
+    removed, kept = store.remove_stale(results, tmp_path)
+    assert len(removed) == 2 and kept == []  # tmp_path is no git checkout: nothing is tracked
     assert sorted(p.name for p in results.glob("*.parquet")) == [f"{rows[-1]['cell_key']}.parquet"]
 
 

@@ -105,7 +105,10 @@ def test_every_run_appends_its_manifest_and_a_terminated_run_says_so(tmp_path):
     finished = bench(*args)
     assert finished.returncode == 0, finished.stderr
     runs = [json.loads(line) for line in (tmp_path / "results" / "_runs.jsonl").read_text().splitlines()]
-    assert [run.get("interrupted", False) for run in runs] == [True, False]
+    assert [run["status"] for run in runs] == ["running", "interrupted", "running", "ok"]
+    assert runs[0]["run"] == runs[1]["run"] != runs[2]["run"] == runs[3]["run"]
+    stopped = runs[1]  # what it computed before the stop, as the store holds it
+    assert stopped["ran"] >= 1 and stopped["ran"] + stopped["cached"] + stopped["error"] < 4, stopped
     last = runs[-1]
     assert last["cells"] == 4 and last["ran"] + last["cached"] == 4 and last["cached"] >= 1
     for field in ("command", "started", "finished", "seconds", "device", "threads", "torch", "faiss", "git_commit"):
@@ -184,6 +187,7 @@ def test_a_victim_that_diverges_is_trained_once_and_every_cell_of_it_says_why(tm
 def test_a_missing_dataset_says_where_it_looked(tmp_path):
     grid = write_grid(tmp_path / "tiny.toml", TINY_GRID.replace("query_subset = 60",
                                                                   f"query_subset = 60\ndownload = false\nsystem_folder = '{tmp_path}/none'"))
+    (tmp_path / "nowhere").mkdir()  # exists but lacks the files (a root that does not exist: test_data_faults)
     env = {**os.environ, "HASHBENCH_DATA": str(tmp_path / "nowhere")}
     result = bench("--grid", str(grid), "--results", str(tmp_path / "r"), "--cache", str(tmp_path / "c"),
                    "--no-leaderboard", env=env)

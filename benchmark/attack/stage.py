@@ -14,10 +14,13 @@ re-attacks. Whatever a plugin does, the harness
   attack that writes into its inputs cannot fake its budget or change another cell's numbers;
 - checks the returned images' shape and finiteness, counts those outside the epsilon ball (or [0, 1] for an
   unbounded attack) before projecting them onto it, and records L-inf, L2 and perceptibility;
-- times ``perturb`` alone, CUDA-synchronised, and checks that neither model's weights changed.
+- times ``perturb`` alone, CUDA-synchronised, restores torch's process-wide settings after every plugin
+  call, and fails the cell when a call changed either model (weights, hooks, submodules, attributes, mode:
+  ``benchmark.victim.guard``), dropping it from the session's memo.
 """
 from __future__ import annotations
 
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -29,9 +32,9 @@ from benchmark.data.dataset import Splits
 from benchmark.data.images import ImageSet
 from benchmark.planning.plan import AttackPlan, CellPlan, TargetsPlan
 from benchmark.session import Session
-from benchmark.storage.cache import cached
+from benchmark.victim.guard import PluginLeak, check_model_kept, model_fingerprint, torch_settings_kept
 from benchmark.victim.model import HashModel
-from benchmark.victim.train import ProtectedImages, Protection, Trained, model_checksum
+from benchmark.victim.train import ProtectedImages, Protection, Trained
 
 
 @dataclass
@@ -104,7 +107,7 @@ def target_labels(plan: TargetsPlan, splits: Splits, s: Session) -> torch.Tensor
         generator = torch.Generator().manual_seed(plan.seed)
         return draw_target_labels(splits.query.labels, splits.database.labels, generator, plan.rule)
 
-    return cached(s.cache, "targets", plan.key, draw)
+    return s.cached("targets", plan.key, draw)
 
 
 @dataclass
@@ -120,7 +123,7 @@ def attacked_queries(plan: AttackPlan, victim: Trained, attacker: Trained, attac
                      splits: Splits, targets: torch.Tensor, s: Session) -> Attacked:
     """Prepare the attack on the attacker, perturb every query (cached by the attack key, under a claim)."""
     label = plan.attack.name
-    stored = cached(s.cache, "attacks", plan.key,
+    stored = s.cached("attacks", plan.key,
                     lambda: attack_all(plan, victim, attacker, attacker_database, splits, targets, s),
                     waiting=lambda: s.stage(f"waiting for another run attacking with {label}"))
     return Attacked(AttackOutcome(**stored["outcome"]), stored["prepare_seconds"], stored["prepare_info"])
@@ -136,16 +139,41 @@ def attack_all(plan: AttackPlan, victim: Trained, attacker: Trained, attacker_da
                         num_classes=splits.num_classes, bits=attacker.plan.bits, device=s.device,
                         generator=torch.Generator().manual_seed(plan.prepare_seed),
                         progress=lambda message: s.stage(f"preparing {attack.label()}: {message}"))
-    checksums = [model_checksum(m.model) for m in (victim, attacker)]
+    models = ModelsKept(attack, victim, attacker, s)
     s.stage(f"preparing {attack.label()}")
     prepared = prepare(attack, ctx, plan, s)
+    models.check("prepare()", weights=False)  # the weights once, at the end: hashing them is what costs
     ctx.generator.manual_seed(plan.seed)
     outcome = perturb_queries(attack, splits.query, targets, plan.epsilon, victim.model, s.attack_batch, s.device,
                               s.stage, keep=gallery_queries(len(splits.query), victim.plan.seed))
-    if [model_checksum(m.model) for m in (victim, attacker)] != checksums:
-        raise RuntimeError(f"attack {attack.name} changed the weights of the model it attacked; an attack must not "
-                           f"modify the victim or surrogate (work on a copy)")
+    models.check("perturb()")
     return {"outcome": vars(outcome), "prepare_seconds": prepared["seconds"], "prepare_info": prepared["info"]}
+
+
+class ModelsKept:
+    """The fingerprints of the victim and the attacker before the attack ran, checked after each of its calls.
+
+    A model an attack changed (weights, hooks, submodules, attributes, mode) is dropped from the session's memo
+    before its cell fails, so no later cell of this process uses it. ``weights=False`` skips the weights (a hash
+    of every tensor): checked after ``perturb``, a change to them is reported as made in either call."""
+
+    def __init__(self, attack: Attack, victim: Trained, attacker: Trained, s: Session):
+        self.attack, self.session = attack, s
+        self.models = {"the victim": victim} if attacker is victim else {"the victim": victim, "the surrogate": attacker}
+        self.before = {what: model_fingerprint(trained.model) for what, trained in self.models.items()}
+
+    def check(self, call: str, weights: bool = True) -> None:
+        for what, trained in self.models.items():
+            after = model_fingerprint(trained.model, weights=weights)
+            try:
+                check_model_kept(self.before[what], after, self.attack, call, what, allowed=("weights",))
+                if weights:
+                    check_model_kept(self.before[what], after, self.attack, "prepare() or perturb()", what,
+                                     allowed=tuple(part for part in after if part != "weights"))
+            except PluginLeak:
+                for broken in self.models.values():
+                    self.session.memo.forget("victims", broken.plan.key)
+                raise
 
 
 def prepare(attack: Attack, ctx: AttackContext, plan: AttackPlan, s: Session) -> dict:
@@ -155,17 +183,19 @@ def prepare(attack: Attack, ctx: AttackContext, plan: AttackPlan, s: Session) ->
 
     def run() -> dict:
         started = time.perf_counter()
-        attack.prepare(ctx)
+        with torch_settings_kept(attack, "prepare"):
+            attack.prepare(ctx)
         synchronize(ctx.device)
         ran.append(True)
         info = {name: value for name, value in ctx.info.items() if not name.startswith("_")}
         return {"state": attack.state_dict(), "seconds": time.perf_counter() - started, "info": info}
 
-    stored = cached(s.cache, "prepared", plan.prepare_key, run, store=lambda value: value["state"] is not None,
+    stored = s.cached("prepared", plan.prepare_key, run, store=lambda value: value["state"] is not None,
                     waiting=lambda: s.stage(f"waiting for another run preparing {attack.label()}"))
     if not ran:  # restored from the cache: the plugin gets its context and learned state back
         attack.ctx = ctx
-        attack.load_state_dict(stored["state"])
+        with torch_settings_kept(attack, "load_state_dict"):
+            attack.load_state_dict(stored["state"])
     return stored
 
 
@@ -190,7 +220,7 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
         outcome = AttackOutcome({0: query_codes}, {}, statistics.result(), seconds, kept.result())
         return {"outcome": vars(outcome), "prepare_seconds": 0.0, "prepare_info": {}}
 
-    stored = cached(s.cache, "attacks", plan.attack.key, release)
+    stored = s.cached("attacks", plan.attack.key, release)
     return Attacked(AttackOutcome(**stored["outcome"]), stored["prepare_seconds"], stored["prepare_info"])
 
 
@@ -210,11 +240,12 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
         x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
         synchronize(device)
         started = time.perf_counter()
-        output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
+        with torch_settings_kept(attack, "perturb"):
+            output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
         synchronize(device)
         seconds += time.perf_counter() - started
         output = output if isinstance(output, Perturbed) else Perturbed(output)
-        snapshots = output.snapshots() or {attack.iteration_count(): output.final()}
+        snapshots = checked_snapshots(attack, output)
         if codes and set(snapshots) != set(codes):
             raise ValueError(f"attack {attack.name} returned snapshots at iterations {sorted(snapshots)} for one batch "
                              f"and {sorted(codes)} for another")
@@ -227,7 +258,7 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
                 kept.add(index, x, images)
             victim.eval()
             codes.setdefault(iteration, []).append(victim.codes(images).cpu())
-        for name, aimed in output.codes.items():
+        for name, aimed in checked_code_names(attack, output).items():
             target_codes.setdefault(name, []).append(check_codes(attack.name, name, aimed, len(x)))
         done += len(x)
         stage(f"attacking {done}/{len(queries)} queries")
@@ -236,6 +267,36 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
                          {name: torch.cat(c) for name, c in target_codes.items()},
                          statistics[final].result(), seconds, kept.result(),
                          {it: s.result() for it, s in statistics.items() if it != final})
+
+
+def checked_snapshots(attack: Attack, output: Perturbed) -> dict[int, torch.Tensor]:
+    """``{iterations: images}`` of one batch, every iteration count a whole number >= 0 (stored as ``int``)."""
+    if not isinstance(output.images, dict):
+        return {iteration_number(attack, attack.iteration_count(), "iteration_count()"): output.images}
+    if not output.images:
+        raise ValueError(f"attack {attack.name} returned an empty snapshot dict; expected the final images, or "
+                         f"{{iterations: images}} with at least one entry (e.g. {{100: x_100, 200: x_200}})")
+    return {iteration_number(attack, key, "a snapshot key"): images for key, images in output.images.items()}
+
+
+def iteration_number(attack: Attack, value, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"attack {attack.name} gave {value!r} ({type(value).__name__}) as {where}; an iteration "
+                         f"count must be a whole number >= 0 (snapshots are {{iterations: images}}, e.g. "
+                         f"{{100: x_100, 200: x_200}})")
+    return int(value)
+
+
+def checked_code_names(attack: Attack, output: Perturbed) -> dict[str, torch.Tensor]:
+    """The codes an attack aimed at, by name; each name becomes part of a metric's name (``<name>_tmap``)."""
+    if not isinstance(output.codes, dict):
+        raise TypeError(f"attack {attack.name} returned Perturbed.codes of type {type(output.codes).__name__}; "
+                        f"expected a dict {{name: (B, K) codes}}, e.g. {{'anchor_code': codes}}")
+    for name in output.codes:
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ValueError(f"attack {attack.name} named aimed codes {name!r}; a name must be an identifier-like "
+                             f"string (letters, digits, underscores), e.g. 'anchor_code'")
+    return output.codes
 
 
 class Kept:

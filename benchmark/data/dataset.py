@@ -27,6 +27,7 @@ class Splits:
     mean: tuple | None = None  # channel statistics for the small network's normalisation
     std: tuple | None = None
     notes: dict = field(default_factory=dict)
+    folder: str = ""  # the folder the data were read from (on every result row as data_folder); "" if generated
 
     def image_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of the images, read from the first query."""
@@ -40,14 +41,31 @@ class Splits:
         return {"n_query": len(self.query), "n_database": len(self.database), "n_train": len(self.train)}
 
 
-def data_roots(name: str, data_root: str | Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
-    """Where to look for dataset ``name``: --data-root, $HASHBENCH_DATA, then ``extra``, in that order."""
-    roots: list[Path] = []
-    for base in (data_root, os.environ.get("HASHBENCH_DATA")):
-        if base:
-            roots += [Path(base), Path(base) / name]
-    roots += [Path(p) for p in extra]
+def given_data_roots(data_root: str | Path | None) -> list[tuple[str, Path]]:
+    """The data roots the user gave, as (how it was given, folder): --data-root, then $HASHBENCH_DATA.
+
+    A given root that does not exist is a ValueError naming it (a mistyped folder must not fall back to another
+    copy of the data).
+    """
+    given = [("--data-root", " ", data_root), ("$HASHBENCH_DATA", "=", os.environ.get("HASHBENCH_DATA"))]
+    roots = [(option, Path(base)) for option, _, base in given if base]
+    for option, separator, base in given:
+        if base and not Path(base).is_dir():
+            state = "is not a folder" if Path(base).exists() else "does not exist"
+            raise ValueError(f"{option}{separator}{base} {state}; give the folder that holds the datasets, or leave "
+                             f"{option} out to read them from the dataset plugins' default places (for FashionMNIST "
+                             f"Debian's /usr/share/datasets/fashion-mnist)")
     return roots
+
+
+def data_roots(name: str, data_root: str | Path | None, extra: Sequence[str | Path] = ()) -> list[Path]:
+    """Where to look for dataset ``name``: --data-root and $HASHBENCH_DATA (each ROOT and ROOT/name) when given,
+    else ``extra`` (the plugin's default places), so a given root that lacks the data is an error, never a
+    silent fall-back."""
+    given = given_data_roots(data_root)
+    if given:
+        return [folder for _, root in given for folder in (root, root / name)]
+    return [Path(p) for p in extra]
 
 
 class Dataset(Plugin, base=True):

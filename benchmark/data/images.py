@@ -19,6 +19,10 @@ class DatasetNotFound(FileNotFoundError):
     """Raised with the places searched and how to get the data."""
 
 
+class ImageUnreadable(ValueError):
+    """A listed image file that exists but cannot be decoded (truncated, not an image); names the file."""
+
+
 class ImageSet:
     """A labelled set of images; subclasses implement ``__len__`` and ``load``."""
 
@@ -103,12 +107,14 @@ class FileImages(ImageSet):
     """
 
     def __init__(self, paths: Sequence[str | Path], labels: torch.Tensor, resize: int = 256, crop: int = 224,
-                 workers: int = min(8, os.cpu_count() or 1)):
+                 workers: int = min(8, os.cpu_count() or 1), origins: Sequence[str] | None = None):
+        """``origins``: where each path was listed ("line 3 of test_img.txt"), for messages about its file."""
         if len(paths) != len(labels):
             raise ValueError(f"{len(paths)} image paths but {len(labels)} label rows")
         self.paths = [str(p) for p in paths]
         self.labels = labels.float()
         self.resize, self.crop, self.workers = resize, crop, workers
+        self.origins = dict(zip(self.paths, origins or ()))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -125,6 +131,11 @@ class FileImages(ImageSet):
                 return F.pil_to_tensor(image)
         except FileNotFoundError:
             raise DatasetNotFound(f"image file listed in the dataset is missing: {path}") from None
+        except (OSError, ValueError, SyntaxError) as exc:  # PIL: truncated or unidentified files, bad headers
+            listed = f" (listed at {self.origins[path]})" if path in self.origins else ""
+            raise ImageUnreadable(f"image file {path}{listed} cannot be read as an image ({type(exc).__name__}: "
+                                  f"{exc}); a dataset image must be a complete file PIL can open (PNG, JPEG, ...): "
+                                  f"replace it, or remove its line from the list") from None
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
         paths = [self.paths[i] for i in index.tolist()]
@@ -133,8 +144,8 @@ class FileImages(ImageSet):
         return torch.stack(images).float() / 255.0
 
     def identity(self) -> str:
-        """Hash of every listed file's path and contents (each file's digest is remembered by path, size and
-        modification time, so only new or changed files are read again)."""
+        """Hash of every listed file's path and contents (each file's digest is remembered with its stat and a
+        sample of its bytes, so only new or changed files are read again)."""
         if getattr(self, "_identity", None) is None:
             digests = file_digests(self.paths)
             text = "\n".join(f"{path}\t{digest}" for path, digest in zip(self.paths, digests))
@@ -143,39 +154,67 @@ class FileImages(ImageSet):
 
 
 DIGEST_CACHE = Path(os.environ.get("HASHBENCH_DIGESTS", Path.home() / ".cache" / "hashbench" / "file-digests.sqlite"))
+SAMPLE_BYTES = 4096  # read from each end of a file for the memo's content sample
+# The memo's own table; "digest" (keyed without ctime and sample, which missed in-place rewrites) is left unread.
+DIGEST_TABLE = "file_digest"
+
+
+def file_signature(path: str) -> tuple[int, int, int, int]:
+    """(size, mtime_ns, ctime_ns, inode); a missing file raises ``DatasetNotFound`` naming it."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise DatasetNotFound(f"image file listed in the dataset is missing: {path}") from None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino
+
+
+def content_sample(path: str, size: int) -> str:
+    """Hash of the file's first and last SAMPLE_BYTES (the whole file when it is no longer than both)."""
+    with open(path, "rb") as handle:
+        if size <= 2 * SAMPLE_BYTES:
+            sample = handle.read()
+        else:
+            sample = handle.read(SAMPLE_BYTES)
+            handle.seek(-SAMPLE_BYTES, os.SEEK_END)
+            sample += handle.read(SAMPLE_BYTES)
+    return hashlib.sha256(sample).hexdigest()[:16]
+
+
+def whole_file_digest(path: str) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()[:16]
 
 
 def file_digests(paths: Sequence[str]) -> list[str]:
     """SHA-256 prefix of each file's contents; a missing file raises ``DatasetNotFound`` naming it.
 
-    Digests are remembered in a small SQLite table keyed by (path, size, mtime_ns, inode), shared by every
-    run on the machine, so a second fingerprint of a large image list reads no image.
+    Digests are remembered in a small SQLite table shared by every run on the machine, keyed by path and checked
+    against the file's size, mtime, ctime, inode and a hash of its first and last 4 KiB: a second fingerprint of
+    a large image list reads 8 KiB per image instead of every byte, and a file rewritten in place (same size,
+    mtime restored) is read again, since its ctime or its sampled bytes differ.
     """
     import sqlite3
 
     DIGEST_CACHE.parent.mkdir(parents=True, exist_ok=True)
     with sqlite3.connect(DIGEST_CACHE, timeout=60) as db:
-        db.execute("CREATE TABLE IF NOT EXISTS digest (path TEXT PRIMARY KEY, size INT, mtime INT, inode INT, "
-                   "sha TEXT)")
+        db.execute(f"CREATE TABLE IF NOT EXISTS {DIGEST_TABLE} (path TEXT PRIMARY KEY, size INT, mtime INT, "
+                   f"ctime INT, inode INT, sample TEXT, sha TEXT)")
         known = {}
         for start in range(0, len(paths), 900):
             chunk = list(paths[start:start + 900])
-            rows = db.execute(f"SELECT path, size, mtime, inode, sha FROM digest WHERE path IN "
-                              f"({','.join('?' * len(chunk))})", chunk)
+            rows = db.execute(f"SELECT path, size, mtime, ctime, inode, sample, sha FROM {DIGEST_TABLE} WHERE path "
+                              f"IN ({','.join('?' * len(chunk))})", chunk)
             known.update({row[0]: row[1:] for row in rows})
         out, fresh = [], []
         for path in paths:
-            try:
-                stat = os.stat(path)
-            except FileNotFoundError:
-                raise DatasetNotFound(f"image file listed in the dataset is missing: {path}") from None
+            signature = file_signature(path)
+            sample = content_sample(path, signature[0])
             entry = known.get(path)
-            if entry and entry[:3] == (stat.st_size, stat.st_mtime_ns, stat.st_ino):
-                out.append(entry[3])
+            if entry and entry[:5] == (*signature, sample):
+                out.append(entry[5])
                 continue
-            with open(path, "rb") as handle:
-                sha = hashlib.file_digest(handle, "sha256").hexdigest()[:16]
-            fresh.append((path, stat.st_size, stat.st_mtime_ns, stat.st_ino, sha))
+            sha = whole_file_digest(path)
+            fresh.append((path, *signature, sample, sha))
             out.append(sha)
-        db.executemany("INSERT OR REPLACE INTO digest VALUES (?, ?, ?, ?, ?)", fresh)
+        db.executemany(f"INSERT OR REPLACE INTO {DIGEST_TABLE} VALUES (?, ?, ?, ?, ?, ?, ?)", fresh)
     return out

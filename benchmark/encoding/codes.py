@@ -17,7 +17,7 @@ from benchmark.data.images import ImageSet
 from benchmark.planning.plan import CodesPlan, ReleasePlan
 from benchmark.scoring.flags import victim_diagnostics
 from benchmark.session import Session
-from benchmark.storage.cache import cached
+from benchmark.victim.guard import torch_settings_kept
 from benchmark.victim.model import HashModel
 from benchmark.victim.train import ProtectedImages, Protection, Trained
 
@@ -38,7 +38,7 @@ def clean_codes(plan: CodesPlan, victim: Trained, splits: Splits, s: Session) ->
         codes["diagnostics"] = victim_diagnostics(victim.model, codes["database"], codes["query"], splits, s.device)
         return codes
 
-    stored = s.memo.get("codes", plan.key, lambda: cached(s.cache, "codes", plan.key, encode_split))
+    stored = s.memo.get("codes", plan.key, lambda: s.cached("codes", plan.key, encode_split))
     return Codes(stored["database"].to(s.device), stored["query"].to(s.device), stored.get("diagnostics", {}))
 
 
@@ -46,7 +46,8 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
     """Codes of the protected database (the protection's released share) and of the protected queries."""
     def encode_release() -> dict:
         defense = protection.defense
-        mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
+        with torch_settings_kept(defense, "database_mask"):
+            mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
         if mask.shape != (len(splits.database),) or mask.dtype != torch.bool:
             raise ValueError(f"protection {defense.name!r}.database_mask returned {tuple(mask.shape)} "
                              f"{mask.dtype}; expected a bool tensor of shape ({len(splits.database)},)")
@@ -55,7 +56,7 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
                 "query": encode(victim.model, ProtectedImages(splits.query, defense, device=s.device), s.device),
                 "database_share": float(mask.float().mean())}
 
-    return cached(s.cache, "codes", plan.key, encode_release)
+    return s.cached("codes", plan.key, encode_release)
 
 
 @torch.no_grad()

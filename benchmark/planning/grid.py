@@ -15,7 +15,8 @@ accepted.
     iterations = 300
 
 Axes besides the plugins: ``bits`` (1..4096), ``epsilon`` (an L-inf budget in [0, 1] pixels; attacks that
-are not epsilon-bounded get none), ``surrogate`` ("self" or HASHING/BACKBONE/BITS), ``scenario`` (a2c:
+are not epsilon-bounded get none), ``surrogate`` ("self" or HASHING/BACKBONE/BITS, each part checked; one that
+names the cell's own undefended, clean-trained victim is "self"), ``scenario`` (a2c:
 attacked queries against a clean database; with a data protection also c2c, c2a and a2a), ``train_data``
 (clean, or protected by the cell's protection), ``target_rule`` (how targeted attacks' labels are drawn)
 and ``seed`` (>= 0).
@@ -117,12 +118,41 @@ def parse_axis_value(axis: str, value) -> object:
             raise ValueError(f"epsilon value {value!r} is not a number in [0, 1] (an L-inf budget in [0, 1] "
                              f"pixels, e.g. 8/255 or 0.03)")
         return number
+    if axis == "surrogate":
+        return parse_surrogate(value)
     accepted = {"scenario": SCENARIOS, "train_data": TRAIN_DATA, "target_rule": TARGET_RULES}.get(axis)
     if accepted is not None and value not in accepted:
         raise ValueError(f"unknown {axis} {value!r}; accepted: {', '.join(accepted)}")
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{axis} value {value!r} must be a non-empty name")
+    if axis == "backbone":
+        parse_backbone(value)
     return value
+
+
+def parse_surrogate(value) -> str:
+    """"self", or HASHING/BACKBONE/BITS with a known backbone and whole positive bits, written canonically
+    ("dpsh/smallcnn/032" -> "dpsh/smallcnn/32"); the hashing method is checked against the plugins in ``expand``."""
+    parts = value.split("/") if isinstance(value, str) else []
+    if value == "self":
+        return value
+    if len(parts) != 3 or not parts[0]:
+        raise ValueError(f"surrogate {value!r} is malformed; write 'self' (white box) or HASHING/BACKBONE/BITS, "
+                         f"e.g. dpsh/smallcnn_fc500/32")
+    method, backbone, bits = parts
+    try:
+        parse_backbone(backbone)
+    except ValueError as exc:
+        raise ValueError(f"surrogate {value!r}: {exc}") from None
+    number = _whole_number(bits)
+    if number is None or not 1 <= number <= MAX_BITS:
+        raise ValueError(f"surrogate {value!r}: its bits {bits!r} are not a whole number in 1..{MAX_BITS} "
+                         f"(e.g. 16, 32, 64)")
+    return f"{method}/{backbone}/{number}"
+
+
+def surrogate_method(surrogate: str) -> str | None:
+    return None if surrogate == "self" else surrogate.split("/")[0]
 
 
 def _whole_number(value) -> int | None:
@@ -188,6 +218,18 @@ def check_params(params: dict, registry: Registry) -> None:
             plugin.configure(values)  # raises on unknown names, bad types and values out of range
 
 
+def check_surrogate_methods(surrogates, registry: Registry) -> None:
+    """Each surrogate's hashing method is a plugin that was found (``parse_surrogate`` checked the rest)."""
+    for surrogate in surrogates:
+        method = surrogate_method(surrogate)
+        if method is None:
+            continue
+        try:
+            registry.get("hashing", method)
+        except ValueError as exc:
+            raise ValueError(f"surrogate {surrogate!r}: {exc}") from None
+
+
 def is_itself(cell: dict) -> bool:
     """Whether the cell's surrogate names its own victim (a white-box cell spelled as a transfer one)."""
     own = f"{cell['hashing']}/{cell['backbone']}/{cell['bits']}"
@@ -229,8 +271,7 @@ def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = No
                 axes[axis] = registry.names(kind)
             for name in axes[axis]:
                 registry.get(kind, name)
-        for backbone in axes["backbone"]:
-            parse_backbone(backbone)
+        check_surrogate_methods(axes["surrogate"], registry)
         bounded = {name: registry.get("attacks", name).configure(params.get("attacks", {}).get(name)).is_bounded()
                    for name in axes["attack"]}
         for values in itertools.product(*(axes[a] for a in AXES)):
@@ -248,6 +289,7 @@ def expand(preset: dict, registry: Registry, filters: dict[str, set] | None = No
         for axis, kind in PLUGIN_AXES.items():
             for name in filters.get(axis, ()):
                 registry.get(kind, name)
+        check_surrogate_methods(filters.get("surrogate", ()), registry)
         kept = [c for c in cells if all(getattr(c, axis) in values for axis, values in filters.items())]
         if not kept:
             present = {axis: sorted({str(getattr(c, axis)) for c in cells}) for axis in filters}

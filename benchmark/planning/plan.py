@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from benchmark.data.dataset import given_data_roots
 from benchmark.keys import HARNESS_VERSION, code_hash, content_key, stage_code
 from benchmark.planning.grid import Cell
 from benchmark.plugins import REPO_ROOT, Plugin, Registry
@@ -187,6 +188,7 @@ class Planner:
 
     def __init__(self, registry: Registry, data_root: str | None = None,
                  conventions: EvaluationConventions | None = None):
+        given_data_roots(data_root)  # a --data-root or $HASHBENCH_DATA that does not exist fails here, before any work
         self.registry = registry
         self.data_root = data_root
         self.conventions = conventions or EvaluationConventions()
@@ -196,13 +198,15 @@ class Planner:
         return PluginChoice.of(self.registry.get(kind, name).configure(cell.overrides(kind, name)))
 
     def dataset(self, cell: Cell) -> tuple[PluginChoice, dict]:
-        """The dataset's choice and identity (name, parameters, source, content fingerprint, sizes)."""
+        """The dataset's choice and identity (name, parameters, source, content fingerprint, sizes, and the folder
+        read, which is recorded on rows but is in no key: the same contents elsewhere give the same numbers)."""
         choice = self.choice("datasets", cell.dataset, cell)
         if choice.params_json + choice.name not in self._datasets:
             plugin = choice.configure(self.registry)
             splits = plugin.splits(self.data_root)
             identity = {"name": choice.name, "params": choice.params, "source": choice.source_hash,
                         "split": splits.fingerprint(), "label": plugin.label(), **splits.sizes(),
+                        "folder": splits.folder,
                         "training": {"name": choice.name, "source": choice.source_hash,
                                      "train": splits.train.fingerprint(), "mean": splits.mean, "std": splits.std,
                                      "shape": list(splits.image_shape()), "classes": splits.num_classes}}
@@ -287,7 +291,8 @@ class Planner:
                                      attacker=[cell.dataset, attacker.hashing.name, attacker.backbone, attacker.bits,
                                                attacker.defense.name, attacker.train_data])
         key = content_key(stage="attack", harness=HARNESS_VERSION, code=self.code("attack", attack),
-                          dataset={k: v for k, v in identity.items() if k != "training"}, victim=victim.key,
+                          dataset={k: v for k, v in identity.items() if k not in ("training", "folder")},
+                          victim=victim.key,
                           surrogate=surrogate.key if surrogate else "self", attack=attack.identity(),
                           epsilon=cell.epsilon, scenario=cell.scenario,
                           protection=([protection.key, protection.defense.params]

@@ -11,14 +11,14 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, total: int, stream=sys.stderr):
-        self.total, self.stream = total, stream
+    def __init__(self, total: int, stream=None):
+        self.total, self.stream = total, stream or sys.stderr  # the stderr of the moment (tests capture it)
         self.finished = 0
         self.ran, self.ran_seconds = 0, 0.0
         self.started = time.perf_counter()
         self.cell_started_at = self.started
         self.current = ""
-        self.interactive = stream.isatty()
+        self.interactive = self.stream.isatty()
         self.last_stage = 0.0
         self.flagged: list[tuple[str, str]] = []  # (cell, flags) of the cells computed in this run
 
@@ -51,6 +51,10 @@ class Progress:
         elif now - self.last_stage > 10:  # logs: one stage line every 10 s at most
             self.write(f"    {message}")
             self.last_stage = now
+
+    def note(self, message: str) -> None:
+        """A line that is always written (unlike a stage's, which logs show every 10 s at most): a wait."""
+        self.write(f"    {message}")
 
     def cell_finished(self, cell, status: str, error: str = "", flags: str = "") -> None:
         seconds = time.perf_counter() - self.cell_started_at

@@ -22,14 +22,15 @@ from benchmark.attack.targets import TARGET_RULES
 from benchmark.cell import run_cell
 from benchmark.planning.grid import Cell
 from benchmark.planning.plan import CellPlan, Planner
-from benchmark.plugins import Registry
+from benchmark.plugins import REPO_ROOT, Registry
 from benchmark.rows import error_rows, finish_rows
 from benchmark.running.environment import environment
 from benchmark.running.progress import Progress
 from benchmark.scoring.evaluate import EvaluationConventions
 from benchmark.session import Session
 from benchmark.storage.cache import check_writable, remove_dead_temporaries
-from benchmark.storage.claims import claim, try_claim
+from benchmark.storage.claims import ClaimTimeout, claim, try_claim
+from benchmark.storage.folders import check_store_folder
 from benchmark.storage.results import cell_done, write_cell
 
 log = logging.getLogger("hashbench")
@@ -84,29 +85,48 @@ def save_rows(results_dir: Path, key: str, rows: list[dict]) -> None:
                                  f"{where}") from None
 
 
+# What --force computes afresh: the cell's own stages from the attack on (a learned attack's prepared state, the
+# attack outcome or a protection cell's release; scoring always runs for a computed cell); --force-victims: all.
+FORCE_STAGES = frozenset({"prepared", "attacks"})
+FORCE_VICTIMS_STAGES = FORCE_STAGES | {"victims", "protections", "codes", "targets"}
+
+
+def recompute_stages(force: bool, force_victims: bool) -> frozenset:
+    return FORCE_VICTIMS_STAGES if force_victims else FORCE_STAGES if force else frozenset()
+
+
 class Runner:
     def __init__(self, registry: Registry, results_dir: str | Path = "results", cache_dir: str | Path = ".cache",
                  device: str = "auto", data_root: str | None = None, attack_batch: int = 0,
                  backend: str = "torch", target_rule: str | None = None,
-                 conventions: EvaluationConventions | None = None, force: bool = False):
+                 conventions: EvaluationConventions | None = None, force: bool = False, force_victims: bool = False,
+                 claim_timeout: float | None = None):
         if target_rule is not None and target_rule not in TARGET_RULES:
             raise ValueError(f"unknown target rule {target_rule!r}; accepted: {', '.join(TARGET_RULES)}")
         if attack_batch < 0:
             raise ValueError(f"--attack-batch must be a positive number of queries (0 = the default); "
                              f"got {attack_batch}")
+        if claim_timeout is not None and not claim_timeout > 0:
+            raise ValueError(f"--claim-timeout must be a positive number of seconds (leave it out to wait as long "
+                             f"as it takes); got {claim_timeout}")
         self.registry = registry
         self.results_dir = Path(results_dir)
         self.cache_dir = Path(cache_dir)
         self.device = pick_device(device)
         self.target_rule = target_rule
         self.conventions = conventions or EvaluationConventions(backend=backend)
-        self.force = force
+        self.force = force or force_victims
+        self.recompute = recompute_stages(force, force_victims)
         self.environment = environment(self.device)
         self.attack_batch = attack_batch  # as asked (0: the device's default), for workers on other devices
         self.planner = Planner(registry, data_root, self.conventions)
         self.progress: Progress | None = None
+        self.counts = new_counts()  # of the run in progress (so far, if it is interrupted)
         self.session = Session.start(registry, self.cache_dir, self.device, data_root, attack_batch,
-                                     progress=lambda message: self.progress and self.progress.stage(message))
+                                     progress=lambda message: self.progress and self.progress.stage(message),
+                                     claim_timeout=claim_timeout,
+                                     report_wait=lambda message: self.progress and self.progress.note(message),
+                                     recompute=self.recompute)
 
     def plan(self, cell: Cell) -> CellPlan:
         if self.target_rule is not None:
@@ -117,7 +137,9 @@ class Runner:
         return self.plan(cell).key
 
     def prepare_folders(self) -> None:
-        """Before any work: both folders writable, and temporary files of killed writes removed."""
+        """Before any work: both folders of their own and writable, and temporary files of killed writes removed."""
+        check_store_folder(self.results_dir, "results", REPO_ROOT)
+        check_store_folder(self.cache_dir, "cache", REPO_ROOT)
         check_writable(self.results_dir, "results")
         check_writable(self.cache_dir, "cache")
         for folder in (self.results_dir, self.cache_dir):
@@ -142,24 +164,36 @@ class Runner:
         return todo
 
     def run(self, cells: list[Cell]) -> dict[str, int]:
-        """Run every cell not already in the store; return counts of computed/cached/failed cells."""
+        """Run every cell not already in the store; return counts of computed/cached/failed cells.
+
+        ``self.counts`` holds the counts so far while it runs (and after an interruption)."""
         self.prepare_folders()
         progress = Progress(len(cells))
         self.progress = progress
-        counts = {"ran": 0, "cached": 0, "error": 0}
+        counts = self.counts = new_counts()
         deferred: list[CellPlan] = []
         for plan in self.pending(cells, progress, counts):
-            with try_claim(self.cache_dir, "cells", plan.key) as mine:
+            with try_claim(self.cache_dir, "cells", plan.key, what=f"computing {plan.cell.describe()}") as mine:
                 if mine:
                     self.compute_unless_done(plan, progress, counts)
                 else:
                     deferred.append(plan)
         for plan in deferred:  # claimed by another run when we came to it: wait for it, then take what it left
-            with claim(self.cache_dir, "cells", plan.key,
-                       wait=lambda: progress.stage(f"waiting for another run computing {plan.cell.describe()}")):
-                self.compute_unless_done(plan, progress, counts)
+            self.wait_then_compute(plan, progress, counts)
         progress.summary(counts, self.results_dir)
         return counts
+
+    def wait_then_compute(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
+        """A cell another run holds: wait (at most the claim timeout), then compute it unless that run stored it."""
+        try:
+            with claim(self.cache_dir, "cells", plan.key, what=f"computing {plan.cell.describe()}",
+                       wait=lambda holder: progress.note(f"{plan.cell.describe()}: waiting for {holder}"),
+                       timeout=self.session.claim_timeout):
+                self.compute_unless_done(plan, progress, counts)
+        except ClaimTimeout as exc:
+            outcome = store_failure(plan, self.session, self.results_dir, self.environment, exc)
+            counts["error"] += 1
+            progress.cell_finished(plan.cell, "error", outcome.error)
 
     def compute_unless_done(self, plan: CellPlan, progress: Progress, counts: dict[str, int]) -> None:
         """With the cell's claim held: another run may have stored it since we planned; else compute it."""
@@ -174,6 +208,10 @@ class Runner:
         outcome = compute_cell(plan, self.session, self.results_dir, self.environment)
         counts["ran" if outcome.status == "ok" else "error"] += 1
         progress.cell_finished(plan.cell, outcome.status, outcome.error, outcome.flags)
+
+
+def new_counts() -> dict[str, int]:
+    return {"ran": 0, "cached": 0, "error": 0}
 
 
 @dataclasses.dataclass
@@ -197,7 +235,16 @@ def compute_cell(plan: CellPlan, s: Session, results_dir: Path, env: dict) -> Ce
     except (Exception, SystemExit) as exc:  # a plugin's sys.exit() ends its cell, not the run
         log.debug("cell %s failed", plan.cell.describe(), exc_info=True)
         rows, status = error_rows(plan, s.registry, s.attack_batch, exc), "error"
-    seconds = time.perf_counter() - started
+    return store_rows(plan, rows, status, time.perf_counter() - started, results_dir, env)
+
+
+def store_failure(plan: CellPlan, s: Session, results_dir: Path, env: dict, exc: BaseException) -> CellOutcome:
+    """A cell that could not be computed (e.g. its claim was held too long): its error row, never over a good one."""
+    return store_rows(plan, error_rows(plan, s.registry, s.attack_batch, exc), "error", 0.0, results_dir, env)
+
+
+def store_rows(plan: CellPlan, rows: list[dict], status: str, seconds: float, results_dir: Path,
+               env: dict) -> CellOutcome:
     rows = finish_rows(rows, env, seconds)
     outcome = CellOutcome(status, rows[0].get("error", ""), rows[0].get("flags", ""), seconds)
     if status != "ok" and cell_done(results_dir, plan.key):

@@ -31,10 +31,26 @@ def temporary_prefix(name: str) -> str:
     return f"{TEMPORARY_PREFIX}{socket.gethostname()}~{os.getpid()}~{name}."
 
 
+def current_umask() -> int:
+    """The process's umask (Linux reports it in /proc; elsewhere set and restore it, as there is no getter)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``path`` at once or not at all; its mode is what ``open`` would give (0o666 less the umask), as
+    ``mkstemp`` makes 0o600 files that the other users of a shared store could not read."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path.name))
     try:
+        os.fchmod(handle, 0o666 & ~current_umask())
         with os.fdopen(handle, "wb") as out:
             out.write(data)
             out.flush()
@@ -97,10 +113,17 @@ def quarantine(path: Path, reason: str) -> None:
 
 
 class StageCache:
-    """``<root>/<stage>/<key>.pt`` files; each holds its stage and key, checked when it is read back."""
+    """``<root>/<stage>/<key>.pt`` files; each holds its stage and key, checked when it is read back.
 
-    def __init__(self, root: str | Path):
+    ``claim_timeout``: how long ``cached`` waits for a stage another process is computing (None: as long as
+    it takes); ``report_wait`` is told whom it waits for ("pid 1234 on host h since 10:02:03 (...)").
+    """
+
+    def __init__(self, root: str | Path, claim_timeout: float | None = None,
+                 report_wait: Callable[[str], None] | None = None):
         self.root = Path(root)
+        self.claim_timeout = claim_timeout
+        self.report_wait = report_wait or (lambda message: log.info("%s", message))
 
     def path(self, stage: str, key: str) -> Path:
         return self.root / stage / f"{key}.pt"
@@ -129,19 +152,35 @@ class StageCache:
         return path
 
 
+# What a process holding a stage's claim is doing, as a waiting process is told it.
+STAGE_ACTIVITY = {"victims": "training victim", "protections": "training protection", "codes": "encoding codes",
+                  "targets": "drawing targets", "prepared": "preparing attack", "attacks": "attacking"}
+
+
 def cached(cache: StageCache, stage: str, key: str, compute: Callable[[], object],
-           waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True):
+           waiting: Callable[[], None] | None = None, store: Callable[[object], bool] = lambda value: True,
+           *, recompute: bool = False):
     """A stage's value: loaded from the cache, or computed under the stage's claim and saved.
 
-    Load; if absent, claim (two runs never compute one stage at once; ``waiting`` is called if another run
-    holds the claim), load again (that run may have finished it), compute, save (unless ``store`` says the
-    value is not worth keeping), release.
+    Load; if absent, claim (two runs never compute one stage at once; if another run holds the claim,
+    ``waiting`` is called and the cache's ``report_wait`` told who holds it), load again (that run may have
+    finished it), compute, save (unless ``store`` says the value is not worth keeping), release. The cache's
+    ``claim_timeout`` (the run's ``--claim-timeout``) bounds the wait: ``ClaimTimeout`` names the holder.
+    ``recompute`` (``--force``) skips both loads but still claims and saves; a compute that raises leaves the
+    stored value as it was.
     """
-    value = cache.load(stage, key)
+    value = None if recompute else cache.load(stage, key)
     if value is not None:
         return value
-    with claim(cache.root, stage, key, wait=waiting):
-        value = cache.load(stage, key)
+
+    def held_elsewhere(holder: str) -> None:
+        if waiting:
+            waiting()
+        cache.report_wait(f"waiting for {holder}")
+
+    what = f"{STAGE_ACTIVITY.get(stage, stage)} {key}"
+    with claim(cache.root, stage, key, what=what, wait=held_elsewhere, timeout=cache.claim_timeout):
+        value = None if recompute else cache.load(stage, key)
         if value is None:
             value = compute()
             if store(value):

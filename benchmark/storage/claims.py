@@ -3,69 +3,112 @@ the same stage at the same time.
 
 A claim is an exclusive ``fcntl`` lock on ``<cache>/claims/<stage>-<key>.lock``. The operating system
 releases it when its process ends, however it ends (kill -9 included), so a dead run never blocks a live
-one. The lock file itself stays (empty); it is harmless and reused.
+one. While held, the lock file names its holder as one JSON object (pid, host, since, what); a process
+waiting for the claim says who it waits for, and with ``timeout`` gives up with ``ClaimTimeout`` naming the
+holder. The file is emptied on release and reused.
 
-    with claim(cache_root, "victims", key, wait=lambda: progress.stage("waiting for ...")):
+    with claim(cache_root, "victims", key, what="training dpsh/smallcnn 32 bits",
+               wait=lambda holder: progress.note(f"waiting for {holder}"), timeout=600):
         ...   # re-check the cache: the other run may have finished this stage meanwhile
 """
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
+import json
 import os
+import socket
 import time
 from pathlib import Path
 from typing import Callable, Iterator
+
+
+class ClaimTimeout(TimeoutError):
+    """Another process held a claim longer than the wait allowed; the message names the holder."""
 
 
 def claim_path(cache_root: str | Path, stage: str, key: str) -> Path:
     return Path(cache_root) / "claims" / f"{stage}-{key}.lock"
 
 
-@contextlib.contextmanager
-def claim(cache_root: str | Path, stage: str, key: str, wait: Callable[[], None] | None = None,
-          poll_seconds: float = 1.0) -> Iterator[None]:
-    """Hold the claim on (stage, key) for the ``with`` block, waiting while another process holds it.
-
-    ``wait`` is called once if the claim is held elsewhere (to say so on the progress view).
-    """
+def open_lock(cache_root: str | Path, stage: str, key: str) -> int:
     path = claim_path(cache_root, stage, key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+
+
+def write_holder(handle: int, what: str) -> None:
+    """Put this process's name on a claim it has just taken."""
+    since = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "since": since, "what": what})
+    os.ftruncate(handle, 0)
+    os.pwrite(handle, record.encode(), 0)
+
+
+def release(handle: int) -> None:
+    os.ftruncate(handle, 0)  # a later waiter must not read a holder that has gone
+    fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def holder_of(cache_root: str | Path, stage: str, key: str) -> str:
+    """Who holds the claim, as a phrase: "pid 1234 on host h since 10:02:03 (training ...)"."""
     try:
-        told = False
+        record = json.loads(claim_path(cache_root, stage, key).read_text() or "null")
+        since = datetime.datetime.fromisoformat(record["since"]).astimezone().strftime("%H:%M:%S")
+        return f"pid {record['pid']} on host {record['host']} since {since} ({record['what']})"
+    except (OSError, ValueError, TypeError, KeyError):  # not written yet, or a lock file of an older version
+        return f"another process (it has not named itself yet; {stage} {key})"
+
+
+@contextlib.contextmanager
+def claim(cache_root: str | Path, stage: str, key: str, what: str = "", wait: Callable[[str], None] | None = None,
+          timeout: float | None = None, poll_seconds: float = 1.0) -> Iterator[None]:
+    """Hold the claim on (stage, key) for the ``with`` block, waiting while another process holds it.
+
+    ``what`` describes the work for anyone who waits for it (default: the stage and key). ``wait`` is called
+    with the holder's description when the claim is found held (again if the holder changes). ``timeout``:
+    the seconds to wait before raising ``ClaimTimeout`` (None: wait as long as it takes).
+    """
+    handle = open_lock(cache_root, stage, key)
+    try:
+        told, deadline = "", None if timeout is None else time.monotonic() + timeout
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
-                if wait and not told:
-                    wait()
-                    told = True
+                holder = holder_of(cache_root, stage, key)
+                if wait and holder != told:
+                    wait(holder)
+                    told = holder
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise ClaimTimeout(f"gave up after {timeout:g} s (--claim-timeout) waiting for the claim on "
+                                       f"{stage} {key}, held by {holder}") from None
                 time.sleep(poll_seconds)
+        write_holder(handle, what or f"{stage} {key}")
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            release(handle)
     finally:
         os.close(handle)
 
 
 @contextlib.contextmanager
-def try_claim(cache_root: str | Path, stage: str, key: str) -> Iterator[bool]:
+def try_claim(cache_root: str | Path, stage: str, key: str, what: str = "") -> Iterator[bool]:
     """Hold the claim if it is free; yields False (and holds nothing) when another process has it."""
-    path = claim_path(cache_root, stage, key)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    handle = open_lock(cache_root, stage, key)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             yield False
             return
+        write_holder(handle, what or f"{stage} {key}")
         try:
             yield True
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            release(handle)
     finally:
         os.close(handle)

@@ -33,13 +33,21 @@ def write_cell(results_dir: str | Path, cell_key: str, rows: list[dict]) -> Path
 
 
 def cell_done(results_dir: str | Path, cell_key: str) -> bool:
-    """True if the cell's file exists, is readable and holds a successful result."""
+    """True if the cell's file exists, is readable, holds this cell's rows and a successful result.
+
+    A file holding another cell's rows (copied or renamed) is moved aside like an unreadable one, so the cell
+    is recomputed rather than taken for the other."""
     path = cell_file(results_dir, cell_key)
     if not path.exists():
         return False
     try:
-        status = pd.read_parquet(path, columns=["status"])["status"]
+        rows = pd.read_parquet(path, columns=["status", "cell_key"])
     except Exception as exc:
         quarantine(path, f"{type(exc).__name__}: {exc}")
         return False
-    return bool(len(status)) and bool((status == "ok").all())
+    found = sorted(set(rows["cell_key"].astype(str)))
+    if found != [cell_key]:
+        quarantine(path, f"its rows are of cell {', '.join(found) or '(none)'}, not of cell {cell_key} "
+                         f"(copied or renamed?)")
+        return False
+    return bool((rows["status"] == "ok").all())

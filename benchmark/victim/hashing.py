@@ -75,6 +75,23 @@ def check_finite(loss: torch.Tensor, method: str, epoch: int, step: int, kind: s
             f"lower its lr (e.g. --set {kind}.{method}.lr=...) or check its inputs")
 
 
+def non_finite_weights(model: torch.nn.Module) -> list[str]:
+    """The names of the model's floating-point parameters and buffers holding a NaN or an infinity."""
+    return [name for name, tensor in model.state_dict().items()
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+
+
+def check_epoch_weights(model: torch.nn.Module, method: str, epoch: int) -> None:
+    """Raise TrainingDiverged when epoch ``epoch`` (0-based) ended with non-finite weights, naming that epoch (a
+    NaN written by an ``end_epoch`` hook or by an epoch's last step would otherwise surface as the next epoch's
+    loss)."""
+    bad = non_finite_weights(model)
+    if bad:
+        raise TrainingDiverged(
+            f"{method} left non-finite weights in {', '.join(bad[:3])}{' and more' if len(bad) > 3 else ''} at the "
+            f"end of epoch {epoch + 1} (its last step or end_epoch); lower its lr or check its end_epoch")
+
+
 class HashingMethod(Plugin, base=True):
     """Base of the hashing methods. Subclasses set the paper's defaults and implement ``loss`` (pure) and,
     when they keep state across batches, ``observe``."""
@@ -138,6 +155,7 @@ class HashingMethod(Plugin, base=True):
                 total, steps = total + loss.item(), steps + 1
             ctx.info.setdefault("loss_per_epoch", []).append(total / max(steps, 1))
             self.end_epoch(model, train, epoch, ctx)
+            check_epoch_weights(model, self.name, epoch)
             ctx.progress(f"epoch {epoch + 1}/{self.epochs} loss {total / max(steps, 1):.4f}")
         model.eval()
 

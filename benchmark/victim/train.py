@@ -11,7 +11,6 @@ not retrained for every cell of it in the same run.
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,8 +21,8 @@ from benchmark.data.dataset import Splits
 from benchmark.data.images import ImageSet
 from benchmark.planning.plan import ProtectionPlan, VictimPlan
 from benchmark.session import Session
-from benchmark.storage.cache import cached
-from benchmark.victim.hashing import TrainContext, TrainingDiverged
+from benchmark.victim.guard import check_model_kept, model_fingerprint, plugin_identity, torch_settings_kept
+from benchmark.victim.hashing import TrainContext, TrainingDiverged, non_finite_weights
 from benchmark.victim.model import HashModel, build_victim
 
 log = logging.getLogger("hashbench")
@@ -66,7 +65,7 @@ def load_or_train_victim(plan: VictimPlan, splits: Splits, s: Session) -> Traine
             s.failed_victims[plan.key] = f"{type(exc).__name__}: {exc}"
             raise
 
-    stored = cached(s.cache, "victims", plan.key, train,
+    stored = s.cached("victims", plan.key, train,
                     waiting=lambda: s.stage(f"waiting for another run training {plan.label()}"))
     model.load_state_dict(stored["state"])
     freeze(model)
@@ -95,7 +94,11 @@ def train_victim(plan: VictimPlan, splits: Splits, model: HashModel, s: Session)
     log.info("training %s (%s, defense %s)", plan.label(), method.label(), defense.label())
     model.train()
     started = time.perf_counter()
-    defense.fit(method, model, train, ctx)
+    before = model_fingerprint(model)
+    with torch_settings_kept(defense, "fit"):
+        defense.fit(method, model, train, ctx)
+    check_model_kept(before, model_fingerprint(model), defense, "fit()",
+                     f"the victim it trained with {plugin_identity(method)}", allowed=("weights", "modes"))
     ctx.info["train_seconds"] = time.perf_counter() - started
     if start is not None:
         ctx.info["start_train_seconds"] = start.info.get("train_seconds", float("nan"))
@@ -111,9 +114,10 @@ def trained_protection(plan: ProtectionPlan, splits: Splits, s: Session) -> Prot
 
 def load_or_train_protection(plan: ProtectionPlan, splits: Splits, s: Session) -> Protection:
     defense = plan.defense.configure(s.registry)
-    stored = cached(s.cache, "protections", plan.key, lambda: train_protection(defense, splits, plan, s),
+    stored = s.cached("protections", plan.key, lambda: train_protection(defense, splits, plan, s),
                     waiting=lambda: s.stage(f"waiting for another run training protection {defense.label()}"))
-    defense.load_state_dict(stored["state"])
+    with torch_settings_kept(defense, "load_state_dict"):
+        defense.load_state_dict(stored["state"])
     return Protection(plan, defense, stored.get("info", {}))
 
 
@@ -122,7 +126,8 @@ def train_protection(defense, splits: Splits, plan: ProtectionPlan, s: Session) 
     ctx = train_context(plan.seed, f"protection {defense.label()}", splits, s)
     s.stage(f"training protection {defense.label()}")
     started = time.perf_counter()
-    defense.prepare_protection(splits.train, ctx)
+    with torch_settings_kept(defense, "prepare_protection"):
+        defense.prepare_protection(splits.train, ctx)
     ctx.info["train_seconds"] = time.perf_counter() - started
     state = defense.state_dict()
     if state is None:
@@ -150,7 +155,8 @@ class ProtectedImages(ImageSet):
     @torch.no_grad()
     def load(self, index: torch.Tensor) -> torch.Tensor:
         clean = self.base.load(index)
-        protected = self.protection.protect(clean.to(self.device)).to(clean.device)
+        with torch_settings_kept(self.protection, "protect"):
+            protected = self.protection.protect(clean.to(self.device)).to(clean.device)
         if protected.shape != clean.shape or not torch.isfinite(protected).all():
             raise ValueError(f"protection {self.protection.name!r} returned {tuple(protected.shape)} "
                              f"(finite: {bool(torch.isfinite(protected).all())}) for images {tuple(clean.shape)}")
@@ -164,18 +170,8 @@ class ProtectedImages(ImageSet):
         return f"protected:{self.base.identity()}"
 
 
-def model_checksum(model: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer, to tell whether a plugin changed the model in place."""
-    digest = hashlib.sha256()
-    for name, tensor in model.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
 def check_finite_weights(model: torch.nn.Module, what: str) -> None:
-    bad = [name for name, tensor in model.state_dict().items()
-           if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    bad = non_finite_weights(model)
     if bad:
         raise TrainingDiverged(f"{what} left non-finite weights in {', '.join(bad[:3])}"
                                f"{' and more' if len(bad) > 3 else ''}")
