@@ -207,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # the harness's progress and device choice
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # its loader reports CPU-feature probing at INFO
 
     if args.threads:
         torch.set_num_threads(args.threads)
