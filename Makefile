@@ -3,7 +3,7 @@
 #   make test    set up, run the tests
 PYTHON := .venv/bin/python
 
-.PHONY: bench test acceptance env data chromium benchmark benchmark-search clean
+.PHONY: bench test acceptance env data chromium benchmark benchmark-search gpu-check dry-run clean
 
 env: .venv/.hashbench-ok
 .venv/.hashbench-ok: requirements.txt requirements-gpu.txt tools/setup_env.sh
@@ -32,6 +32,14 @@ benchmark: env
 
 benchmark-search: env
 	$(PYTHON) -m pytest tests/bench_search.py --benchmark-only
+
+# on a GPU machine: the device, CUDA, faiss-gpu, one VGG11 cell at 224x224 and make benchmark, to paste in an issue
+gpu-check: env
+	bash tools/gpu_check.sh
+
+# grids/paper-full.toml's blocks on tiny synthetic data at the real shapes (tools/dry_run.py; long on a CPU)
+dry-run: env
+	$(PYTHON) tools/dry_run.py
 
 clean:
 	rm -rf .cache results/*.parquet leaderboard/site

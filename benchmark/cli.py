@@ -153,10 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_execution_options(run)
     commands.add_parser("list", parents=[common], help="every plugin: kind, name, paper, defaults, dataset cards",
                         description="List every plugin found: kind, name, paper, defaults, dataset cards.")
-    commands.add_parser("plan", parents=[common, grid, keys, results],
-                        help="the cells a grid expands to: their keys, and which are already stored",
-                        description="List the cells a grid expands to, each with its key and whether --results "
-                                    "holds it; trains and computes nothing.")
+    plan = commands.add_parser("plan", parents=[common, grid, keys, results],
+                               help="the cells a grid expands to: their keys, which are stored, a GPU-hours model",
+                               description="List the cells a grid expands to, block by block, each with its key "
+                                           "and whether --results holds it, and a model of each block's GPU-hours; "
+                                           "trains and computes nothing.")
+    plan.add_argument("--no-data", action="store_true",
+                      help="touch no dataset: list the cells and the estimate from the dataset cards' sizes (keys "
+                           "unknown); without it, a dataset that is not here is planned so too")
     commands.add_parser("leaderboard", parents=[common, results, site, cache],
                         help="render the leaderboard from the result store only",
                         description="Render the leaderboard from the result store only (--cache: the gallery's "
@@ -243,33 +247,75 @@ def list_plugins(args: argparse.Namespace) -> int:
 
 
 def plan_grid(args: argparse.Namespace) -> int:
-    """Each cell's key and whether the store holds it, from the planner alone: no device, no runner."""
+    """Per grid block: each cell's key and whether the store holds it, from the planner alone (no device, no
+    runner), and a model of the block's GPU-hours (benchmark/planning/estimate.py). A dataset that is not here,
+    or every dataset with --no-data, is planned from its card: the sizes its card gives, the keys unknown."""
     import dataclasses
 
     from benchmark import Registry
+    from benchmark.planning.blocks import grid_blocks
+    from benchmark.planning.estimate import H100_TFLOPS, Estimator, Work
+    from benchmark.planning.grid import parse_filters, parse_settings
     from benchmark.planning.plan import Planner
     from benchmark.scoring.evaluate import EvaluationConventions
-    from benchmark.storage.results import cell_done
 
     registry = Registry.discover()
     try:
-        cells = expand_grid(args, registry)
+        blocks = grid_blocks(args.grid, registry, parse_filters(args.only), parse_settings(args.settings))
         planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant))
     except ValueError as exc:
         return fail(exc)
-    if args.target_rule is not None:  # as the runner applies --target-rule
-        cells = [dataclasses.replace(cell, target_rule=args.target_rule) for cell in cells]
-    stored = 0
-    for cell in cells:
+    estimator, missing, total, counts = Estimator(registry), {}, Work(), {"stored": 0, "compute": 0, "unknown": 0}
+    for number, (title, cells) in enumerate(blocks, 1):
+        if args.target_rule is not None:  # as the runner applies --target-rule
+            cells = [dataclasses.replace(cell, target_rule=args.target_rule) for cell in cells]
+        if not cells:  # --only left none of this block
+            continue
+        print(f"-- block {number}: {title or '(no comment)'}")
+        work = Work()
+        for cell in cells:
+            try:
+                line, sizes, status = plan_line(cell, planner, estimator, args, missing)
+            except (ValueError, OSError) as exc:  # a malformed surrogate, an unreadable list file
+                return fail(f"cannot plan {cell.describe()}: {exc}")
+            counts[status] += 1
+            work.merge(estimator.cell(cell, sizes))
+            print(line)
+        total.merge(work)
+        print(f"   {len(cells)} cells; model: {work.gpu_hours():.1f} GPU-hours ({stage_hours(work)})")
+    for name, reason in missing.items():
+        print(f"dataset {name} is not here ({reason}); its cells were planned from its card: keys unknown",
+              file=sys.stderr)
+    print(f"{sum(counts.values())} cells, {counts['stored']} stored in {args.results}, {counts['compute']} to "
+          f"compute" + (f", {counts['unknown']} with unknown keys (no data)" if counts["unknown"] else ""))
+    print(f"model: {total.gpu_hours():.1f} GPU-hours ({stage_hours(total)}) = images x passes (1 forward, 2 "
+          f"attack step, 3 training step) x the backbone's forward FLOPs / {H100_TFLOPS:.0f} TFLOP/s (one "
+          f"H100-class GPU, TF32; an assumption); not a measurement: JPEG decoding, generators, scoring and "
+          f"launch overhead are left out (benchmark/planning/estimate.py)")
+    return 0
+
+
+def plan_line(cell, planner, estimator, args: argparse.Namespace, missing: dict) -> tuple[str, object, str]:
+    """A cell's listing line, its split sizes and status (stored, to compute, or unknown when it has no data)."""
+    from benchmark.data.images import DatasetNotFound
+    from benchmark.planning.estimate import card_sizes, data_sizes
+    from benchmark.storage.results import cell_done
+
+    if not args.no_data and cell.dataset not in missing:
         try:
             plan = planner.plan(cell)
-        except (ValueError, OSError) as exc:  # e.g. the dataset is missing: every cell of it fails the same way
-            return fail(f"cannot plan {cell.describe()}: {exc}")
-        done = cell_done(args.results, plan.key)
-        stored += done
-        print(f"{plan.key}  {'stored    ' if done else 'to compute'}  {plan.cell.describe()}")
-    print(f"{len(cells)} cells, {stored} stored in {args.results}, {len(cells) - stored} to compute")
-    return 0
+        except DatasetNotFound as exc:
+            missing[cell.dataset] = str(exc).split(" Looked in")[0].rstrip(".")
+        else:
+            done = cell_done(args.results, plan.key)
+            return (f"{plan.key}  {'stored    ' if done else 'to compute'}  {cell.describe()}",
+                    data_sizes(plan.data_identity), "stored" if done else "compute")
+    params = estimator.params("datasets", cell.dataset, cell)
+    return f"{'(no data)':<20}  unknown     {cell.describe()}", card_sizes(cell.dataset, params), "unknown"
+
+
+def stage_hours(work) -> str:
+    return ", ".join(f"{stage} {work.gpu_hours(stage):.1f}" for stage in work.gflop)
 
 
 def render_leaderboard(results: str, site: str, cache: str | None = None) -> Path:

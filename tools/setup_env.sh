@@ -10,10 +10,19 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 cache=${HASHBENCH_ENV_CACHE:-$HOME/.cache/hashbench/envs}
 faiss=${HASHBENCH_FAISS:-auto}
+gpu_listed=no
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    gpu_listed=yes
+fi
 if [ "$faiss" = auto ]; then
     faiss=cpu
-    if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L 2>/dev/null | grep -q '^GPU'; then
+    if [ "$gpu_listed" = yes ]; then
         faiss=gpu
+        if [ "$(uname -m)" != x86_64 ]; then  # faiss-gpu ships x86_64 wheels only
+            echo "hashbench: faiss-gpu has no wheel for $(uname -m); using faiss-cpu (searches run on the CPU," \
+                 "torch still uses the GPU)" >&2
+            faiss=cpu
+        fi
     fi
 fi
 case "$faiss" in
@@ -33,7 +42,17 @@ if [ ! -x "$env/bin/python" ] || [ ! -f "$env/.complete" ]; then
     rm -rf "$env"
     "$python" -m venv "$env"
     "$env/bin/python" -m pip install --quiet --upgrade pip >&2 || true
-    "$env/bin/python" -m pip install --quiet "${requirements[@]}" >&2
+    if ! "$env/bin/python" -m pip install --quiet "${requirements[@]}" >&2; then
+        [ "$faiss" = gpu ] || exit 1
+        echo "hashbench: faiss-gpu did not install; falling back to faiss-cpu in $env (searches run on the CPU," \
+             "torch still uses the GPU; HASHBENCH_FAISS=cpu skips the attempt)" >&2
+        "$env/bin/python" -m pip install --quiet -r requirements.txt >&2
+    fi
     touch "$env/.complete"
 fi
 ln -sfn "$env" .venv
+# On a machine whose nvidia-smi lists a GPU: check that torch's CUDA build works with its driver, else fail
+# naming both (the environment stays linked, so --device cpu still runs).
+if [ "$gpu_listed" = yes ]; then
+    "$env/bin/python" -m benchmark.running.gpu require
+fi

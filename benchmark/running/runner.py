@@ -42,13 +42,30 @@ class ResultsNotWritable(OSError):
 
 def pick_device(device: str) -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return auto_device()
     try:
         picked = torch.device(device)
     except RuntimeError:
         raise ValueError(f"unknown device {device!r}; accepted: auto, cpu, cuda, cuda:N") from None
     if picked.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here; use --device cpu")
+        from benchmark.running.gpu import gpu_problem, torch_build
+
+        why = gpu_problem() or f"nvidia-smi lists no GPU; {torch_build()}"
+        raise ValueError(f"device {device!r} was asked for but torch sees no CUDA device here ({why}); use "
+                         f"--device cpu")
+    return picked
+
+
+def auto_device() -> torch.device:
+    """The GPU when torch can use one, else the CPU; never the CPU when nvidia-smi lists a GPU torch cannot use
+    (the ValueError names the driver and torch's CUDA build). Logs what it chose."""
+    from benchmark.running.gpu import describe_device, gpu_problem
+
+    problem = gpu_problem()
+    if problem:
+        raise ValueError(f"--device auto: {problem}. Or run on the CPU anyway with --device cpu")
+    picked = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    log.info("--device auto chose %s", describe_device(picked))
     return picked
 
 
