@@ -25,24 +25,18 @@ def cell_rows(plan: CellPlan, metrics: list[dict], registry: Registry, attack_ba
 
 
 # The measurement's columns, one type each whatever a plugin returned, so the store reads as one table.
-WHOLE_COLUMNS = ("iterations", "topk")
-REAL_COLUMNS = ("value", "recall")
+COLUMN_TYPES = {"iterations": (numbers.Integral, int, "a whole number"), "topk": (numbers.Integral, int, "a whole number"),
+                "value": (numbers.Real, float, "a number"), "recall": (numbers.Real, float, "a number")}
 
 
 def typed_row(row: dict) -> dict:
     """``row`` with its measurement columns as ``int`` and ``float``; a TypeError names a value that is neither."""
-    for column in WHOLE_COLUMNS:
+    for column, (kind, coerce, expected) in COLUMN_TYPES.items():
         value = row[column]
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if isinstance(value, bool) or not isinstance(value, kind):
             raise TypeError(f"metric {row.get('metric')!r} has {column} {value!r} ({type(value).__name__}); "
-                             f"expected a whole number")
-        row[column] = int(value)
-    for column in REAL_COLUMNS:
-        value = row[column]
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"metric {row.get('metric')!r} has {column} {value!r} ({type(value).__name__}); "
-                             f"expected a number")
-        row[column] = float(value)
+                            f"expected {expected}")
+        row[column] = coerce(value)
     return row
 
 
