@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import copy
-import sys
 
 import pytest
 import torch
@@ -229,7 +228,8 @@ def test_prepare_protection_is_seeded_and_its_state_dict_round_trips(ppl_class, 
 
 def test_the_surrogates_probe_map_is_recorded_at_intervals_for_the_curves_page(ppl_class, fashion_splits,
                                                                                monkeypatch):
-    monkeypatch.setattr(sys.modules[ppl_class.__module__], "PROBE_EVERY", 2)
+    # the module the class was loaded from (a later Registry.discover() loads the plugin file again, anew)
+    monkeypatch.setitem(ppl_class.prepare_protection.__globals__, "PROBE_EVERY", 2)
     ppl = ppl_class.configure({"iterations": 5, "batch_size": 16, "width": 4})
     ctx = TrainContext(torch.device("cpu"), torch.Generator().manual_seed(0), 10)
     ppl.prepare_protection(fashion_splits.train.subset(range(300)), ctx)
