@@ -21,6 +21,8 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from benchmark.plugins import file_hash
+
 HARNESS_VERSION = "4"  # 4: stage packages, keys read from imports, prepare seeded by identity; 3: attack draws
 # seeded by the cell identity; 2: victim init seeded by the cell seed
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -202,4 +204,4 @@ def file_digest(path: Path) -> str:
 
 @functools.lru_cache(maxsize=4096)
 def _digest(path: str, mtime_ns: int, size: int) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return file_hash(Path(path))
