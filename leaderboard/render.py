@@ -402,7 +402,7 @@ def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboa
     gallery, gallery_problems = gallery_sections(cells, cache_dir, out)
     env = _environment()
     notices = [f"{len(stale)} stale cell(s) not shown: their code changed since they ran "
-               f"(python -m leaderboard.store stale lists them)"] if len(stale) else []
+               f"(python bench.py stale --results {results_dir} lists them)"] if len(stale) else []
     common = {"warnings": problems + gallery_problems, "notices": notices, "n_cells": len(cells),
               "results_dir": str(results_dir), "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
               "counts": cells["status"].value_counts().to_dict() if len(cells) else {}}
