@@ -138,9 +138,9 @@ class Identification:
     nearest: tuple  # Overlap, most shared first (only when nothing matches exactly)
     contained_in: tuple  # entries holding every name of the list (a subset of a registered list)
 
-    def variant(self) -> str:
-        """The variant(s) the list is exactly ("a|b" when two registered lists are the same), else ""."""
-        return "|".join(sorted({entry["variant"] for entry in self.exact}))
+    def matches(self) -> str:
+        """The registered lists it is exactly ("a|b" when two registered lists are the same), else ""."""
+        return "|".join(sorted(entry["id"] for entry in self.exact))
 
 
 def identify_list(paths: Sequence[str], registry: Registry | None = None, nearest: int = NEAREST) -> Identification:
@@ -178,17 +178,19 @@ def shared_names(sketch: np.ndarray, theirs: np.ndarray, distinct: int | None = 
 
 
 def split_variant(identified: dict[str, Identification]) -> str:
-    """One text for a split's roles: "nuswide@prosgan" when every role is that variant's list; else the roles
-    that are, "query=nuswide@prosgan; train=nuswide@prosgan" (a query subset: "query=subset of ..."); "" if none."""
-    variants = {role: ident.variant() for role, ident in identified.items()}
-    if len(set(variants.values())) == 1 and all(variants.values()) and len(variants) == len(ROLES):
-        return next(iter(variants.values()))
+    """One text for a split's roles: "nuswide@prosgan" when each role is that variant's list of the same role;
+    else each role's registered lists, "query=nuswide@prosgan/query; database=nuswide@prosgan/train" (a query
+    subset: "query=subset of nuswide@prosgan/query"); "" when no role is registered."""
+    own = [{e["variant"] for e in ident.exact if e["role"] == role} for role, ident in identified.items()]
+    whole = set.intersection(*own) if len(own) == len(ROLES) else set()
+    if whole:
+        return "|".join(sorted(whole))
     parts = []
     for role, ident in identified.items():
-        if variants[role]:
-            parts.append(f"{role}={variants[role]}")
+        if ident.exact:
+            parts.append(f"{role}={'|'.join(sorted(e['id'] for e in ident.exact))}")
         elif ident.contained_in:
-            parts.append(f"{role}=subset of {'|'.join(sorted({e['variant'] for e in ident.contained_in}))}")
+            parts.append(f"{role}=subset of {'|'.join(sorted(e['id'] for e in ident.contained_in))}")
     return "; ".join(parts)
 
 
