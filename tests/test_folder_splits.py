@@ -262,3 +262,11 @@ def test_rows_carry_the_split_fingerprint_and_variant(tmp_path, registry, toy_re
     images = TensorImages(torch.zeros(4, 1, 2, 2, dtype=torch.uint8), one_hot([0, 1, 0, 1], 2))
     in_memory = Splits(images, images, images, None, 2)
     assert split_identity(in_memory) == {"split_fingerprint": in_memory.fingerprint(), "split_variant": ""}
+
+
+def test_a_folder_with_only_some_lists_is_identified_as_far_as_it_goes(tmp_path, toy_registry):
+    folder = write_rows(tmp_path / "partial", {"test": KNOWN["test"], "train": KNOWN["train"]}, pairs=True)
+    identified = layouts.identify_folder(folder, toy_registry)
+    assert {role: i.matches() for role, i in identified.items()} == {"query": "toy@paper/query",
+                                                                     "train": "toy@paper/train"}
+    assert fingerprints.split_variant(identified) == "query=toy@paper/query; train=toy@paper/train"

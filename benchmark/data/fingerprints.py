@@ -195,8 +195,9 @@ def split_variant(identified: dict[str, Identification]) -> str:
 
 
 def combined_fingerprint(fingerprints: dict[str, str]) -> str:
-    """16 hex digits of the SHA-256 of "role=fingerprint" lines in the order query, database, train."""
-    text = "".join(f"{role}={fingerprints[role]}\n" for role in ROLES)
+    """16 hex digits of the SHA-256 of "role=fingerprint" lines in the order query, database, train (a role
+    without a list: "role=")."""
+    text = "".join(f"{role}={fingerprints.get(role, '')}\n" for role in ROLES)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

@@ -37,7 +37,7 @@ from benchmark.data.fingerprints import ROLES, Identification, combined_fingerpr
 from benchmark.data.images import FileImages
 from benchmark.data.lists import (DUPLICATE_POLICIES, IMAGENET_MEAN, IMAGENET_STD, ROLES as LIST_ROLES,
                                   ZERO_LABEL_POLICIES, ListSplit, check_images, check_list, handle_zero_labels,
-                                  image_path, read_lists)
+                                  image_path, read_lists, read_split)
 
 LAYOUTS = {
     "lists": "list files test.txt, database.txt, train.txt ('path l1 ... lC' per line; DeepHash-pytorch, HashNet)",
@@ -295,7 +295,16 @@ def folder_splits(plugin, folder: Path) -> Splits:
 
 def identify_folder(folder: str | Path, registry=None, split_seed: int = 0, query_share: float = 0.1,
                     train_share: float = 1.0) -> dict[str, Identification]:
-    """Each role's list in ``folder`` (any layout) identified against the registry."""
+    """Each role's list in ``folder`` (any layout) identified against the registry. The lists of a list layout
+    are identified one by one, so a folder holding only some of them (ProS-GAN ships no NUS-WIDE or MS-COCO
+    database list) is identified as far as it goes."""
+    folder = Path(folder)
+    layout = recognise(folder)
+    if layout in ("lists", "pairs"):
+        num_classes = label_columns(folder, layout)
+        found = {LIST_ROLES[stem]: read_split(folder, stem, num_classes) for stem in LIST_ROLES}
+        if any(found.values()):
+            return {role: identify_list(split.paths, registry) for role, split in found.items() if split}
     data = read_folder(folder, split_seed, query_share, train_share)
     return {role: identify_list(split.paths, registry) for role, split in data.lists.items()}
 
