@@ -132,7 +132,9 @@ def test_a_full_list_alone_is_split_here(tmp_path):
     (lambda root: (image_folder(root / "query"), image_folder(root / "test"), image_folder(root / "database"),
                    image_folder(root / "train")), "both query/ and test/"),
     (lambda root: (image_folder(root / "query"), image_folder(root / "train")), "but not database"),
-], ids=["empty", "loose images", "two formats", "split and class folders", "query and test", "no database"])
+    (lambda root: (image_folder(root), write_image(root / "stray.png")), "1 image files .*stray.png.* beside"),
+], ids=["empty", "loose images", "two formats", "split and class folders", "query and test", "no database",
+        "images beside class folders"])
 def test_a_folder_of_no_single_layout_is_refused_naming_it_and_the_layouts(tmp_path, build, problem):
     root = tmp_path / "data"
     build(root)
@@ -270,3 +272,11 @@ def test_a_folder_with_only_some_lists_is_identified_as_far_as_it_goes(tmp_path,
     assert {role: i.matches() for role, i in identified.items()} == {"query": "toy@paper/query",
                                                                      "train": "toy@paper/train"}
     assert fingerprints.split_variant(identified) == "query=toy@paper/query; train=toy@paper/train"
+
+
+def test_a_split_folder_without_class_folders_is_refused(tmp_path):
+    image_folder(tmp_path / "set" / "query")
+    image_folder(tmp_path / "set" / "database")
+    write_image(tmp_path / "set" / "train" / "loose.png")
+    with pytest.raises(ValueError, match="train/ holds images but no class folder"):
+        layouts.read_folder(tmp_path / "set")

@@ -114,6 +114,10 @@ def recognise(folder: Path) -> str:
         loose = len(image_files(folder))
         what = f"{loose} image files but no class sub-folder" if loose else "no list file and no image"
         raise ValueError(layout_message(folder, f"it holds {what}"))
+    loose = [p.name for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
+    if loose:
+        raise ValueError(layout_message(folder, f"it holds {len(loose)} image files (e.g. {sorted(loose)[0]}) beside "
+                                                f"its image folders; an image's class is its folder"))
     if not named:
         return "image folder"
     if len(splits["query"]) > 1:
@@ -190,6 +194,9 @@ def read_folder(folder: str | Path, split_seed: int = 0, query_share: float = 0.
         if layout == "split folders":
             trees = {role: next(folder / n for n in names if n in classes) for role, names in SPLIT_FOLDERS.items()}
             per_role = {role: class_folders(tree) for role, tree in trees.items()}
+            for role, tree in trees.items():
+                if image_files(tree) and not per_role[role]:
+                    raise ValueError(layout_message(folder, f"{tree.name}/ holds images but no class folder"))
             class_names = sorted({name for images in per_role.values() for name in images})
             lists = {role: folder_list(folder, per_role[role], class_names, f"{trees[role].name}/")
                      for role in ROLES}
