@@ -280,3 +280,12 @@ def test_a_split_folder_without_class_folders_is_refused(tmp_path):
     write_image(tmp_path / "set" / "train" / "loose.png")
     with pytest.raises(ValueError, match="train/ holds images but no class folder"):
         layouts.read_folder(tmp_path / "set")
+
+
+def test_an_overlap_that_prefix_collisions_explain_is_not_reported():
+    theirs = [f"theirs{i}.jpg" for i in range(20_000)]
+    registry = read_registry({"lists": [entry("big@paper/database", "database", theirs)]})
+    mine = [f"mine{i}.jpg" for i in range(20_000)]
+    assert identify_list(mine[1:] + theirs[:1], registry).nearest == ()  # 1 shared: a 9% chance of collisions
+    nearest = identify_list(mine[20:] + theirs[:20], registry).nearest
+    assert [(o.entry["id"], o.shared) for o in nearest] == [("big@paper/database", 20)]

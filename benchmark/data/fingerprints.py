@@ -14,7 +14,9 @@ between two lists are counted on sketches. Two different names share a prefix wi
 shared images. In the registry a sketch is stored as base64 of the zlib-compressed little-endian uint32
 differences of the sorted prefixes (``encode_sketch``); a list of more than FULL_SKETCH distinct names keeps
 only its BOTTOM_K smallest prefixes (a bottom-k sketch, ``sketch_sampled``), and its overlaps are estimated:
-the shared prefixes below the largest one kept, scaled by the list's distinct names over BOTTOM_K.
+the shared prefixes below the largest one kept, scaled by the list's distinct names over BOTTOM_K. An overlap
+that collisions between unrelated names would reach with probability CHANCE or more (one shared name between
+two lists of 10,000 and 20,000 images, a 5% chance) is not reported.
 
 The registry (``split_registry.json`` beside this file, built by ``tools/split_registry.py`` from the
 repositories' git snapshots; facts only: fingerprints, sizes, label counts, sketches, the ImageNet classes the
@@ -30,9 +32,10 @@ import base64
 import functools
 import hashlib
 import json
+import math
 import re
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -42,7 +45,8 @@ REGISTRY_FILE = Path(__file__).with_name("split_registry.json")
 ROLES = ("query", "database", "train")
 FULL_SKETCH = 25_000  # lists up to this many distinct names keep every prefix
 BOTTOM_K = 8_192  # prefixes kept of a larger list
-NEAREST = 3  # nearest registered lists named when none matches exactly
+CHANCE = 0.01  # an overlap that prefix collisions alone reach with this probability or more is not reported
+NEAREST = 4  # nearest registered lists named when none matches exactly (identical registered lists count once)
 WNID = re.compile(r"^n\d{8}")  # an ImageNet class id, as a folder name or a file name's prefix
 
 
@@ -128,6 +132,7 @@ class Overlap:
     shared_classes: int | None = None  # ImageNet wnids in both, when both lists name them
     classes: int | None = None
     estimated: bool = False  # the registered list's sketch is a bottom-k sample
+    same_as: tuple = ()  # ids of the registered lists identical to ``entry`` (one line for all of them)
 
 
 @dataclass(frozen=True)
@@ -135,7 +140,7 @@ class Identification:
     fingerprint: str
     size: int
     exact: tuple  # registry entries with the same fingerprint
-    nearest: tuple  # Overlap, most shared first (only when nothing matches exactly)
+    nearest: tuple  # Overlap: lists of the same role first, then most shared (only when nothing matches exactly)
     contained_in: tuple  # entries holding every name of the list (a subset of a registered list)
 
     def matches(self) -> str:
@@ -143,7 +148,10 @@ class Identification:
         return "|".join(sorted(entry["id"] for entry in self.exact))
 
 
-def identify_list(paths: Sequence[str], registry: Registry | None = None, nearest: int = NEAREST) -> Identification:
+def identify_list(paths: Sequence[str], registry: Registry | None = None, nearest: int = NEAREST,
+                  role: str = "") -> Identification:
+    """The registered lists ``paths`` is exactly; else the ``nearest`` ones (those of ``role`` first) with their
+    overlaps, and the lists holding all of it."""
     registry = registry or load_registry()
     fingerprint = list_fingerprint(paths)
     exact = tuple(e for e in registry.present() if e["sha256"] == fingerprint)
@@ -158,14 +166,41 @@ def identify_list(paths: Sequence[str], registry: Registry | None = None, neares
             shared = shared_names(sketch, theirs, entry["distinct"] if sampled else None)
             shared_classes = (len(classes & set(entry["imagenet_classes"]))
                               if classes and entry.get("imagenet_classes") else None)
+            if shared and collision_chance(shared, len(sketch) * entry["distinct"] / 2 ** 32) > CHANCE:
+                shared = 0  # as many as 32-bit prefix collisions between unrelated names would give
             if shared or shared_classes:
                 overlaps.append(Overlap(entry, shared, shared / max(len(sketch), 1), shared / entry["distinct"],
                                         shared_classes, len(classes) if shared_classes is not None else None,
                                         sampled))
             if not sampled and shared == len(sketch) and len(sketch):
                 contained.append(entry)
-        overlaps.sort(key=lambda o: (-o.shared, -(o.shared_classes or 0), o.entry["id"]))
+        overlaps.sort(key=lambda o: (o.entry["role"] != role, -o.shared, -(o.shared_classes or 0), o.entry["id"]))
+        overlaps = merged_identical(overlaps)
     return Identification(fingerprint, len(paths), exact, tuple(overlaps[:nearest]), tuple(contained))
+
+
+def collision_chance(shared: int, expected: float) -> float:
+    """P(at least ``shared`` false matches) when prefix collisions are Poisson with mean ``expected``."""
+    term = below = math.exp(-expected)
+    for k in range(1, min(shared, 60)):
+        term *= expected / k
+        below += term
+    return max(0.0, 1.0 - below)
+
+
+def merged_identical(overlaps: list[Overlap]) -> list[Overlap]:
+    """One Overlap per distinct registered list (HashNet's pytorch and caffe lists, ProS-GAN's COCO lists)."""
+    first: dict[str, int] = {}
+    out: list[Overlap] = []
+    for overlap in overlaps:
+        digest = overlap.entry["sha256"]
+        if digest in first:
+            kept = out[first[digest]]
+            out[first[digest]] = replace(kept, same_as=(*kept.same_as, overlap.entry["id"]))
+        else:
+            first[digest] = len(out)
+            out.append(overlap)
+    return out
 
 
 def shared_names(sketch: np.ndarray, theirs: np.ndarray, distinct: int | None = None) -> int:

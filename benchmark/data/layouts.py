@@ -241,7 +241,8 @@ def folder_card(data: FolderData, sample: int = CARD_SAMPLE, seed: int = 0, regi
             "base_rate": float(relevant.sum() / (len(relevant) * database)) if len(relevant) and database else 0.0,
             "few_relevant_share": float((relevant < FEW_RELEVANT).mean()) if len(relevant) else 0.0}
     if identify:
-        card["identified"] = {role: identify_list(split.paths, registry) for role, split in data.lists.items()}
+        card["identified"] = {role: identify_list(split.paths, registry, role=role)
+                              for role, split in data.lists.items()}
     return card
 
 
@@ -253,7 +254,7 @@ def describe_identification(ident: Identification) -> str:
     if not ident.nearest:
         return f"fingerprint {ident.fingerprint[:16]}: no registered list shares an image"
     near = "; ".join(
-        f"{o.entry['id']}: {'about ' if o.estimated else ''}{o.shared:,} of {ident.size:,} ({o.share_of_list:.1%}; "
+        f"{' = '.join((o.entry['id'], *o.same_as))}: {'about ' if o.estimated else ''}{o.shared:,} of {ident.size:,} ({o.share_of_list:.1%}; "
         f"{o.share_of_entry:.1%} of its {o.entry['distinct']:,})"
         + (f", {o.shared_classes} of {o.classes} ImageNet classes" if o.shared_classes is not None else "")
         for o in ident.nearest)
@@ -311,9 +312,9 @@ def identify_folder(folder: str | Path, registry=None, split_seed: int = 0, quer
         num_classes = label_columns(folder, layout)
         found = {LIST_ROLES[stem]: read_split(folder, stem, num_classes) for stem in LIST_ROLES}
         if any(found.values()):
-            return {role: identify_list(split.paths, registry) for role, split in found.items() if split}
+            return {role: identify_list(split.paths, registry, role=role) for role, split in found.items() if split}
     data = read_folder(folder, split_seed, query_share, train_share)
-    return {role: identify_list(split.paths, registry) for role, split in data.lists.items()}
+    return {role: identify_list(split.paths, registry, role=role) for role, split in data.lists.items()}
 
 
 def identify_report(identified: dict[str, Identification]) -> str:
