@@ -144,6 +144,7 @@ def build(mirrors: Path) -> dict:
     lists = [e for e in lists if e["status"] == "ok" or "not in the repository" not in e["reason"]]
     return {"format": 1, "built_by": "tools/split_registry.py",
             "normalisation": fingerprints.__doc__.split("\n\n")[1].replace("\n", " "),
+            "sketch": fingerprints.__doc__.split("\n\n")[2].replace("\n", " "),
             "no_lists": [{"repo": repo, "commit": commit, "note": note} for repo, (commit, note) in NO_LISTS.items()],
             "lists": lists}
 
