@@ -7,6 +7,7 @@
     python bench.py stale                             # stored cells computed by code that has changed since
     python bench.py prune --dry-run                   # the files prune would delete: the stale cells'
     python bench.py leaderboard                       # render leaderboard/site from results/ only
+    python bench.py splits identify DIR               # which published lists a data folder's splits are
 
 `run` is the default command; `hashbench` (the console script of `pip install -e .`) is the same as
 `python bench.py`. `COMMAND --help` lists a command's own options.
@@ -171,7 +172,22 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", parents=[common, results], help="delete the stale cells' result files",
                                 description="Delete the result files that hold only stale cells (see `stale`).")
     prune.add_argument("--dry-run", action="store_true", help="list the files that would be deleted; delete none")
+    add_splits_command(commands, common)
     return parser
+
+
+def add_splits_command(commands, common: argparse.ArgumentParser) -> None:
+    splits = commands.add_parser("splits", parents=[common], help="a data folder's card, or which published lists "
+                                                                  "its splits are (benchmark/data/split_registry.json)",
+                                 description="card: a data folder's layout, counts, classes, labels per image, "
+                                             "relevance base rate; identify: the registered variant each split is, "
+                                             "or the nearest ones with their overlaps.")
+    splits.add_argument("action", choices=["card", "identify"])
+    splits.add_argument("folder", help="the data folder (any layout `folder` reads: see datasets/folder.py)")
+    group = splits.add_argument_group("drawn splits (an image folder or a full list only)")
+    group.add_argument("--split-seed", type=non_negative_int, default=0, metavar="N")
+    group.add_argument("--query-share", type=float, default=0.1, metavar="F")
+    group.add_argument("--train-share", type=float, default=1.0, metavar="F")
 
 
 def with_default_command(argv: list[str]) -> list[str]:
@@ -459,8 +475,22 @@ def run_grid(args: argparse.Namespace) -> int:
     return 1 if counts["error"] else 0
 
 
+def splits_command(args: argparse.Namespace) -> int:
+    from benchmark.data.layouts import folder_card, format_card, identify_folder, identify_report, read_folder
+
+    split = {"split_seed": args.split_seed, "query_share": args.query_share, "train_share": args.train_share}
+    try:
+        if args.action == "card":
+            print(format_card(folder_card(read_folder(args.folder, **split))))
+        else:
+            print(identify_report(identify_folder(args.folder, **split)))
+    except (ValueError, OSError) as exc:
+        return fail(exc)
+    return 0
+
+
 COMMANDS = {"run": run_grid, "list": list_plugins, "plan": plan_grid, "leaderboard": leaderboard,
-            "stale": list_stale, "prune": prune}
+            "stale": list_stale, "prune": prune, "splits": splits_command}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,10 +23,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.data.dataset import given_data_roots
+from benchmark.data.fingerprints import split_identity
 from benchmark.keys import HARNESS_VERSION, code_hash, content_key, stage_code
 from benchmark.planning.grid import Cell
 from benchmark.plugins import REPO_ROOT, Plugin, Registry
 from benchmark.scoring.evaluate import EvaluationConventions
+
+# a dataset identity's entries recorded on rows but in no key: the same contents elsewhere, or a registry that names
+# more variants, give the same numbers
+UNKEYED = ("folder", "split_fingerprint", "split_variant")
 
 
 class StalePlan(RuntimeError):
@@ -206,7 +211,7 @@ class Planner:
             splits = plugin.splits(self.data_root)
             identity = {"name": choice.name, "params": choice.params, "source": choice.source_hash,
                         "split": splits.fingerprint(), "label": plugin.label(), **splits.sizes(),
-                        "folder": splits.folder,
+                        "folder": splits.folder, **split_identity(splits),
                         "training": {"name": choice.name, "source": choice.source_hash,
                                      "train": splits.train.fingerprint(), "mean": splits.mean, "std": splits.std,
                                      "shape": list(splits.image_shape()), "classes": splits.num_classes}}
@@ -291,7 +296,7 @@ class Planner:
                                      attacker=[cell.dataset, attacker.hashing.name, attacker.backbone, attacker.bits,
                                                attacker.defense.name, attacker.train_data])
         key = content_key(stage="attack", harness=HARNESS_VERSION, code=self.code("attack", attack),
-                          dataset={k: v for k, v in identity.items() if k not in ("training", "folder")},
+                          dataset={k: v for k, v in identity.items() if k not in ("training", *UNKEYED)},
                           victim=victim.key,
                           surrogate=surrogate.key if surrogate else "self", attack=attack.identity(),
                           epsilon=cell.epsilon, scenario=cell.scenario,
