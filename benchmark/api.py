@@ -110,6 +110,22 @@ def query_parameters(path: str | Path, splits, epsilon: float | None) -> dict[st
     return {"queries": path, "queries_sha256": file_digest(path)}
 
 
+def with_adversarial_queries(cell, path: str | Path, registry: Registry, data_root: str | None = None):
+    """``cell`` (of a grid, with a victim trained here) with its attack replaced by the file's queries, attack
+    ``external``, after checking the file against the cell's queries and epsilon; ``registry`` gains the plugin."""
+    import dataclasses
+
+    from benchmark.external.plugins import add_external_plugins
+
+    add_external_plugins(registry)
+    if not cell.epsilon:
+        raise ValueError(f"--adversarial-queries needs a cell with an epsilon to check the file against; "
+                         f"{cell.describe()} has none (select one with e.g. --only attack=pgd --only epsilon=8/255)")
+    splits = registry.get("datasets", cell.dataset).configure(cell.overrides("datasets", cell.dataset)).splits(data_root)
+    params = merged(cell.params, {"attacks": {"external": query_parameters(path, splits, cell.epsilon)}})
+    return dataclasses.replace(cell, attack="external", params_json=json.dumps(params, sort_keys=True))
+
+
 def merged(*parts: dict) -> dict:
     from benchmark.planning.grid import merge_params
 

@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Compute the grid's cells not yet in the result store (every stage "
                                           "cached), then render the leaderboard.")
     add_execution_options(run)
+    run.add_argument("--adversarial-queries", default=None, metavar="FILE",
+                     help="score your own attack's output (.pt or .npy, the card's query order) against the one cell "
+                          "the grid and --only select, in place of its attack (as attack 'external')")
     commands.add_parser("list", parents=[common], help="every plugin: kind, name, paper, defaults, dataset cards",
                         description="List every plugin found: kind, name, paper, defaults, dataset cards.")
     plan = commands.add_parser("plan", parents=[common, grid, keys, results],
@@ -248,6 +251,8 @@ def with_default_command(argv: list[str]) -> list[str]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(with_default_command(argv))
+    if args.command == "run" and args.adversarial_queries is not None and args.executor != "local":
+        parser.error("run: --adversarial-queries runs on the local executor only")
     if args.command == "run" and args.address is not None and args.executor != "ray":
         parser.error(f"run: --address {args.address} needs --executor ray (the local executor runs every cell "
                      f"in this process)")
@@ -479,6 +484,17 @@ def run_on_cluster(runner, cells: list, args: argparse.Namespace) -> dict[str, i
     return run_on_ray(runner, cells, args.address, args.threads)
 
 
+def adversarial_queries_cell(cells: list, args: argparse.Namespace, registry):
+    """The one selected cell, its attack replaced by the file of --adversarial-queries (checked before any work)."""
+    from benchmark.api import with_adversarial_queries
+
+    if len(cells) != 1:
+        raise ValueError(f"--adversarial-queries scores one cell's victim at its epsilon; the grid and --only select "
+                         f"{len(cells)} cells (narrow them with --only, e.g. --only bits=32 --only attack=pgd "
+                         f"--only epsilon=8/255)")
+    return with_adversarial_queries(cells[0], args.adversarial_queries, registry, args.data_root)
+
+
 def run_grid(args: argparse.Namespace) -> int:
     import torch
 
@@ -492,6 +508,8 @@ def run_grid(args: argparse.Namespace) -> int:
     registry = Registry.discover()
     try:
         cells = expand_grid(args, registry)
+        if args.adversarial_queries is not None:
+            cells = [adversarial_queries_cell(cells, args, registry)]
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
                         conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,

@@ -241,17 +241,20 @@ dataset = "fashion_mnist"
 hashing = "dpsh"
 backbone = "smallcnn"
 bits = 16
-attack = "none"
+attack = ["none", "pgd"]
+epsilon = "8/255"
 [block.params.datasets.fashion_mnist]
 query_subset = 30
 n_train = 500
 [block.params.hashing.dpsh]
 epochs = 1
+[block.params.attacks.pgd]
+iterations = 1
 """
 
 
 @pytest.mark.slow
-def test_an_exported_victim_gives_its_clean_map_when_evaluated_again(store, tmp_path, capsys):
+def test_an_exported_victim_gives_its_clean_map_when_evaluated_again(store, tmp_path, capsys, clean_queries):
     grid = write_grid(tmp_path / "tiny.toml", TINY_VICTIM)
     victim = dict(method="dpsh", backbone="smallcnn", bits=16, grid=str(grid))
     with pytest.raises(LookupError, match="no trained victim dpsh/smallcnn/16"):
@@ -273,6 +276,16 @@ def test_an_exported_victim_gives_its_clean_map_when_evaluated_again(store, tmp_
     rows = evaluate(out / card["file"], store)
     assert abs(metric(rows, "none", "map") - card["clean_map"]) < 1e-9
     assert rows["victim_key"].iloc[0] != card["victim_key"]        # evaluated as an external model of its own
+
+    # the grid's pgd cell, its attack replaced by a file of the user's own
+    run = ["run", "--grid", str(grid), "--results", str(store["results"]), "--cache", str(store["cache"]), "--device",
+           "cpu", "--no-leaderboard", "--adversarial-queries", queries_file(tmp_path / "adv.pt", clean_queries * 0.99)]
+    assert cli.main(run) == 2
+    assert "select 2 cells" in capsys.readouterr().err
+    assert cli.main([*run, "--only", "attack=pgd"]) == 0
+    stored = pd.read_parquet(store["results"])
+    external = stored[(stored["attack"] == "external") & (stored["hashing"] == "dpsh")]
+    assert len(external) and set(external["victim_key"]) == {card["victim_key"]}
 
     with pytest.raises(LookupError, match=r"it holds 1:\n  [0-9a-f]{20}: fashion_mnist dpsh\[epochs=1\] smallcnn 16 bits"):
         hashbench.load_victim(store["cache"], method="dpsh", backbone="smallcnn", bits=16, results=store["results"])
