@@ -89,6 +89,12 @@ def model_parameters(model, checkpoint: str | Path | None) -> dict[str, str]:
     return {"model": model, "checkpoint": str(checkpoint or ""), **model_digests(model, str(checkpoint or ""))}
 
 
+def release_in_memory(model: str) -> None:
+    from benchmark.external.model import IN_MEMORY
+
+    IN_MEMORY.pop(model, None)
+
+
 def probe(params: dict, splits) -> tuple[int, str]:
     """(K, the model's name): one forward of the loaded model on two query images, every output checked."""
     from benchmark.external.model import load_network, model_name, probe_bits
@@ -163,7 +169,11 @@ def evaluate(model, dataset: str = "fashion_mnist", attacks: str | Sequence[str]
     check_params(params, registry)
     splits = registry.get("datasets", dataset).configure(params.get("datasets", {}).get(dataset)).splits(data_root)
     victim = model_parameters(model, checkpoint)
-    bits, name = probe(victim, splits)
+    try:
+        bits, name = probe(victim, splits)
+    except BaseException:
+        release_in_memory(victim["model"])
+        raise
     params = merged(params, {"hashing": {"external": victim}})
     if adversarial_queries is not None:
         params = merged(params, {"attacks": {"external": query_parameters(adversarial_queries, splits, epsilon)}})
@@ -178,7 +188,10 @@ def evaluate(model, dataset: str = "fashion_mnist", attacks: str | Sequence[str]
     runner = Runner(registry, results, cache, device, data_root, attack_batch, force=force,
                     claim_timeout=claim_timeout)
     log.info("evaluating %s (%d bits) on %s against %s", name, bits, dataset, ", ".join(names))
-    runner.run(cells)
+    try:
+        runner.run(cells)
+    finally:  # a training script that evaluates every epoch keeps no copy of each epoch's model
+        release_in_memory(victim["model"])
     frames = [pd.read_parquet(cell_file(results, runner.cell_key(cell))) for cell in cells
               if cell_file(results, runner.cell_key(cell)).exists()]
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -19,6 +19,7 @@ from conftest import ROOT, write_grid
 import hashbench
 from benchmark import cli
 from benchmark.external.files import ExternalInputError
+from benchmark.external.model import IN_MEMORY
 
 QUERIES = 30
 FAST = ["attacks.pgd.iterations=1", "attacks.dhta.iterations=1", "attacks.cgat.iterations=1"]
@@ -137,6 +138,7 @@ def test_an_in_memory_module_is_keyed_by_its_weights_and_class(store):
     with torch.no_grad():
         model.fc.bias += 1.0                      # trained on: a new model
     assert evaluate(model, store)["victim_key"].iloc[0] != rows["victim_key"].iloc[0]
+    assert not IN_MEMORY                          # no copy of any of them is kept after its evaluation
 
 
 class Drops(torch.nn.Module):
