@@ -17,8 +17,8 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -206,7 +206,7 @@ def summary(rows) -> str:
         first = cell.iloc[0]
         final = cell[cell["iterations"] == cell["iterations"].max()] if first["status"] == "ok" else cell
 
-        def value(metric: str) -> str:
+        def value(metric: str, final=final) -> str:
             found = final.loc[final["metric"] == metric, "value"]
             return f"{found.iloc[0]:.4f}" if len(found) else "-"
 
@@ -322,12 +322,12 @@ def export_victim(out: str | Path, cache: str | Path = DEFAULT_CACHE, *, method:
 
     The clean mAP is the victim's ``none`` cell on its own split, computed (or read) through the runner, so
     ``hashbench evaluate`` of the exported file on the same split gives the same number."""
+    import pandas as pd
+
     from benchmark.external.files import file_digest
     from benchmark.running.environment import git_commit
     from benchmark.running.runner import Runner
     from benchmark.storage.results import cell_file
-
-    import pandas as pd
 
     model, cell, plan = load_victim(cache, method=method, backbone=backbone, bits=bits, dataset=dataset,
                                     defense=defense, seed=seed, train_data=train_data, grid=grid, settings=settings,

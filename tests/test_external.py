@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, write_grid
+from conftest import write_grid
 
 import hashbench
 from benchmark import cli
@@ -76,7 +76,8 @@ def metric(rows: pd.DataFrame, attack: str, name: str) -> float:
 
 def test_a_torchscript_file_runs_against_the_standard_suite_from_the_command_line(store, scripted, capsys):
     argv = ["evaluate", "--model", str(scripted), "--queries", str(QUERIES), "--results", str(store["results"]),
-            "--cache", str(store["cache"]), "--device", "cpu", "--no-leaderboard", *sum((["--set", s] for s in FAST), [])]
+            "--cache", str(store["cache"]), "--device", "cpu", "--no-leaderboard",
+            *[part for setting in FAST for part in ("--set", setting)]]
     assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     for attack in ("none", "pgd", "cgat", "dhta"):
@@ -258,7 +259,7 @@ iterations = 1
 @pytest.mark.slow
 def test_an_exported_victim_gives_its_clean_map_when_evaluated_again(store, tmp_path, capsys, clean_queries):
     grid = write_grid(tmp_path / "tiny.toml", TINY_VICTIM)
-    victim = dict(method="dpsh", backbone="smallcnn", bits=16, grid=str(grid))
+    victim = {"method": "dpsh", "backbone": "smallcnn", "bits": 16, "grid": str(grid)}
     with pytest.raises(LookupError, match="no trained victim dpsh/smallcnn/16"):
         hashbench.load_victim(store["cache"], **victim, results=store["results"])
     assert cli.main(["run", "--grid", str(grid), "--results", str(store["results"]), "--cache", str(store["cache"]),

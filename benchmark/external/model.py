@@ -100,7 +100,7 @@ def torchscript(path: str) -> nn.Module:
         raise ExternalInputError(f"model file {path!r} does not exist")
     try:
         return torch.jit.load(path, map_location="cpu")
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever torch.jit.load raises, the user's file is at fault
         raise ExternalInputError(
             f"model file {path!r} is not a TorchScript file that torch.jit.load can read ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0] if str(exc) else ''}); save one with torch.jit.save(torch.jit.script(model), "
@@ -117,7 +117,7 @@ def import_factory(spec: str):
             loaded.loader.exec_module(module)
         else:
             module = importlib.import_module(module_name)
-    except BaseException as exc:  # SystemExit of a script's main included: the user's file is at fault
+    except BaseException as exc:  # noqa: BLE001 - SystemExit of a script's main included: the user's file
         raise ExternalInputError(f"model factory {spec!r}: importing {source} failed ({type(exc).__name__}: "
                                  f"{exc})") from None
     factory = getattr(module, function, None)
@@ -132,7 +132,7 @@ def built_by_factory(spec: str, checkpoint: str) -> nn.Module:
     factory = import_factory(spec)
     try:
         net = factory()
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the user's factory failed, whatever it raised
         raise ExternalInputError(f"model factory {spec!r} failed when called with no arguments "
                                  f"({type(exc).__name__}: {exc})") from None
     if not isinstance(net, nn.Module):
@@ -142,7 +142,7 @@ def built_by_factory(spec: str, checkpoint: str) -> nn.Module:
         raise ExternalInputError(f"checkpoint {checkpoint!r} does not exist")
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unreadable checkpoint, whatever torch.load raises
         raise ExternalInputError(f"checkpoint {checkpoint!r} cannot be read by torch.load(weights_only=True) "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
                                  f"save one with torch.save(model.state_dict(), path)") from None

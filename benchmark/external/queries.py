@@ -39,7 +39,7 @@ def read_query_file(path: str, expected_sha256: str = "") -> torch.Tensor:
                                      f"{', '.join(SUFFIXES)} (torch.save(tensor) or numpy.save)")
     except ExternalInputError:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unreadable file, whatever the reader raises
         raise ExternalInputError(f"{what} {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(images, torch.Tensor):
         raise ExternalInputError(f"{what} {path!r} holds {type(images).__name__}; expected one tensor of images "

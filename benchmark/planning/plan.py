@@ -267,7 +267,7 @@ class Planner:
         if defense != "none" or train_data != "clean":
             raise ValueError(f"hashing {hashing!r} is a model trained elsewhere and evaluated as given: its defense "
                              f"must be 'none' and its train_data 'clean' (got {defense!r}, {train_data!r})")
-        dataset, _ = self.dataset(cell)
+        dataset = self.dataset(cell)[0]
         method = self.choice("hashing", hashing, cell)
         key = content_key(stage="victim", harness=HARNESS_VERSION, code=self.code("loaded", method),
                           hashing=method.identity(), bits=bits)
