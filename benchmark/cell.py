@@ -15,6 +15,7 @@ import torch
 from benchmark.attack.stage import Attacked, attacked_queries, released_queries, target_labels
 from benchmark.data.dataset import Splits
 from benchmark.encoding.codes import Codes, clean_codes, released_codes
+from benchmark.external.victim import loaded_victim
 from benchmark.planning.plan import CellPlan
 from benchmark.rows import cell_rows
 from benchmark.scoring import flags, search
@@ -27,7 +28,7 @@ from benchmark.victim.train import Protection, Trained, trained_protection, trai
 def run_cell(plan: CellPlan, s: Session) -> list[dict]:
     """Compute one cell; every row carries the cell's identity, conventions, flags and environment."""
     splits = dataset_splits(plan, s)
-    victim = trained_victim(plan.victim, splits, s)
+    victim = loaded_victim(plan.victim, splits, s) if plan.victim.loaded else trained_victim(plan.victim, splits, s)
     codes = clean_codes(plan.codes, victim, splits, s)
     targets = target_labels(plan.targets, splits, s)
     protection = needed_protection(plan, splits, s)

@@ -47,18 +47,23 @@ class PluginChoice:
     params_json: str
     source_file: str   # relative to the repository root
     source_hash: str
+    # parameters left out of keys: where a user's file is (the plugin's ``location_parameters``; a digest of its
+    # content is another parameter), so the same file elsewhere gives the same keys
+    unkeyed: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, plugin: Plugin) -> "PluginChoice":
         return cls(plugin.kind, plugin.name, json.dumps(plugin.params(), sort_keys=True),
-                   relative(plugin.source_file) if plugin.source_file else "", plugin.source_hash)
+                   relative(plugin.source_file) if plugin.source_file else "", plugin.source_hash,
+                   tuple(getattr(plugin, "location_parameters", ())))
 
     @property
     def params(self) -> dict:
         return json.loads(self.params_json)
 
     def identity(self) -> list:
-        return [self.name, self.params, self.source_hash]
+        params = {k: v for k, v in self.params.items() if k not in self.unkeyed} if self.unkeyed else self.params
+        return [self.name, params, self.source_hash]
 
     def configure(self, registry: Registry):
         plugin = registry.get(self.kind, self.name)
@@ -92,6 +97,7 @@ class VictimPlan:
     train_data: str = "clean"
     protection: ProtectionPlan | None = None   # set when train_data is "protected"
     start: "VictimPlan | None" = None          # the undefended victim a ``starts_from_victim`` defense begins from
+    loaded: bool = False                       # a model trained elsewhere, loaded (``benchmark.external.victim``)
 
     def label(self) -> str:
         defense = "" if self.defense.name == "none" else f"+{self.defense.name}"
@@ -236,6 +242,8 @@ class Planner:
 
     def victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
                train_data: str = "clean") -> VictimPlan:
+        if getattr(self.registry.get("hashing", hashing), "loads_model", False):
+            return self.loaded_victim(cell, hashing, backbone, bits, defense, train_data)
         dataset, identity = self.dataset(cell)
         method = self.choice("hashing", hashing, cell)
         defense_class = self.registry.get("defenses", defense)
@@ -256,6 +264,20 @@ class Planner:
             parts.update(start=start.key)
         return VictimPlan(content_key(**parts), dataset, method, training, backbone, bits, cell.seed,
                           train_data if protection is not None else "clean", protection, start)
+
+    def loaded_victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
+                      train_data: str) -> VictimPlan:
+        """A model trained elsewhere: keyed by its files' digests (the method's keyed parameters), its bits and
+        the code that loads it; ``backbone`` is only its name on the rows."""
+        if defense != "none" or train_data != "clean":
+            raise ValueError(f"hashing {hashing!r} is a model trained elsewhere and evaluated as given: its defense "
+                             f"must be 'none' and its train_data 'clean' (got {defense!r}, {train_data!r})")
+        dataset = self.dataset(cell)[0]
+        method = self.choice("hashing", hashing, cell)
+        key = content_key(stage="victim", harness=HARNESS_VERSION, code=self.code("loaded", method),
+                          hashing=method.identity(), bits=bits)
+        return VictimPlan(key, dataset, method, self.choice("defenses", "none", cell), backbone, bits, cell.seed,
+                          loaded=True)
 
     def codes(self, victim: VictimPlan, split: str) -> CodesPlan:
         key = content_key(stage="codes", harness=HARNESS_VERSION, code=self.code("codes"), victim=victim.key,
