@@ -202,6 +202,8 @@ def speed_comparison(configs: pd.DataFrame) -> list[dict]:
         row.update(
             slow_label=", ".join(sorted(set(s["attack_label"]))) or f"{SLOW} at {SLOW_ITERATIONS} iterations: missing",
             fast_label=", ".join(sorted(set(f["attack_label"]))) or f"{FAST}: missing",
+            slow_short=", ".join(sorted(set(s["attack"]))) or "missing",
+            fast_short=", ".join(sorted(set(f["attack"]))) or "missing",
             slow=s_sec, fast=f_sec, prepare=prepare, n_query=n_query, amortised=amortised,
             slow_batch=", ".join(str(b) for b in sorted(set(s["batch_size"]))) or "—",
             fast_batch=", ".join(str(b) for b in sorted(set(f["batch_size"]))) or "—",
