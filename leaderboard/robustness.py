@@ -161,15 +161,15 @@ def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dic
         r["area_text"] = fmt_metric("map", r["area"])
     all_per_query = all(r["area_kind"] == "per-query" for r in rows)
     series = []
-    for r in rows:
+    for i, r in enumerate(rows):
         name = _victim_name(r["victim"])
+        start = [(0.0, r["clean"])] if isnum(r["clean"]) else []  # ε 0: the clean queries (not in the area)
+        colour = plots.style(i)["color"]
         if all(isnum(p["per_query"]) for p in r["points"]):
-            series.append({"label": f"{name} · per-query worst", "points": [(p["eps"] * 255, p["per_query"])
-                                                                             for p in r["points"]]})
-        series.append({"label": f"{name} · worst of the means",
-                       "points": [(p["eps"] * 255, p["worst_mean"]) for p in r["points"]]})
-    for i, s in enumerate(series):
-        s.update(plots.style(i))
+            series.append({"label": f"{name} · per-query worst", "color": colour, "dash": "",
+                           "points": start + [(p["eps"] * 255, p["per_query"]) for p in r["points"]]})
+        series.append({"label": f"{name} · worst of the means", "color": colour, "dash": "6 3",
+                       "points": start + [(p["eps"] * 255, p["worst_mean"]) for p in r["points"]]})
     return {"facts": facts, "suite": suite, "eps": [fmt_epsilon(e) for e in eps_values], "victims": rows,
             "eps_range": f"{fmt_epsilon(eps_values[0])} – {fmt_epsilon(eps_values[-1])}" if eps_values else "",
             "ranked_by": "per-query worst-case area" if all_per_query else
