@@ -5,6 +5,7 @@ template from the same series (``style`` gives each series its colour and dash p
 """
 from __future__ import annotations
 
+import itertools
 import math
 from html import escape
 
@@ -125,8 +126,8 @@ def scatter_chart(points: list[dict], xlabel: str, ylabel: str) -> str:
     def py(v):
         return TOP + (1 - (v - y0) / (y1 - y0)) * ph
 
-    out = [f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
-           f'aria-label="{escape(ylabel)} against {escape(xlabel)}" class="chart scatter">',
+    out = [(f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+            f'aria-label="{escape(ylabel)} against {escape(xlabel)}" class="chart scatter">'),
            f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" class="plot"/>']
     for e in range(math.floor(x0), math.ceil(x1) + 1):
         if x0 <= e <= x1:
@@ -142,7 +143,7 @@ def scatter_chart(points: list[dict], xlabel: str, ylabel: str) -> str:
     front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
     if len(front) > 1:
         steps = [f"{px(front[0]['x']):.1f},{py(front[0]['y']):.1f}"]
-        for a, b in zip(front, front[1:]):
+        for a, b in itertools.pairwise(front):
             steps += [f"{px(b['x']):.1f},{py(a['y']):.1f}", f"{px(b['x']):.1f},{py(b['y']):.1f}"]
         out.append(f'<polyline points="{" ".join(steps)}" fill="none" stroke="#d62728" class="series front"/>')
     for p in points:

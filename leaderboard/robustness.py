@@ -115,61 +115,24 @@ def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dic
     if not victims:
         return None
     by_victim = {v: untargeted[(untargeted[VICTIM] == pd.Series(v, index=VICTIM)).all(axis=1)] for v in victims}
-    suite, compared, eps_keys = common_suite({v: set(zip(g["attack_label"], g["eps_key"])) for v, g in by_victim.items()})
+    suite, compared, eps_keys = common_suite({v: set(zip(g["attack_label"], g["eps_key"]))
+                                              for v, g in by_victim.items()})
     left_out = [_victim_name(dict(zip(VICTIM, v))) for v in victims if v not in compared]
     victims = [v for v in victims if v in compared]
     if not suite:
         return {"facts": facts, "suite": [], "eps": [], "victims": [], "defenses": [], "chart": "",
                 "legend": [], "conventions": {k: facts[k] for k in TABLE_CONVENTIONS if facts[k]},
-                "note": "no untargeted attack was run on every victim: no common suite"}
+                "left_out": [], "note": "no untargeted attack was run on every victim: no common suite"}
     eps_values = [float(e) for e in eps_keys]
-    rows = []
-    for v in victims:
-        g = by_victim[v]
-        vc = clean[(clean[VICTIM] == pd.Series(v, index=VICTIM)).all(axis=1)]
-        clean_map = float(vc["map"].mean()) if len(vc) and vc["map"].notna().any() else np.nan
-        vcells = _victim_cells(ok, facts, v)
-        points, missing_records = [], []
-        for e in eps_keys:
-            at = g[(g["eps_key"] == e) & g["attack_label"].isin(suite)]
-            per_attack = at.groupby("attack_label")["map"].min()  # of two configurations under one label, the worse
-            worst_attack = per_attack.idxmin()
-            aps = []
-            for a in suite:
-                keys = vcells.loc[(vcells["attack_label"] == a) & (vcells["eps_key"] == e), "cell_key"]
-                found = [x for x in (per_query_ap(cache_dir, k) for k in sorted(set(keys))) if x is not None]
-                if not found:
-                    missing_records.append(f"{a} ε {fmt_epsilon(float(e))}")
-                    continue
-                aps.append(np.mean(found, axis=0) if len({len(x) for x in found}) == 1 else None)
-            per_query = np.nan
-            if len(aps) == len(suite) and all(x is not None for x in aps) and len({len(x) for x in aps}) == 1:
-                per_query = float(np.nanmean(np.fmin.reduce(np.stack(aps))))
-            points.append({"eps": float(e), "eps_text": fmt_epsilon(float(e)), "worst_mean": float(per_attack.min()),
-                           "worst_attack": worst_attack, "per_query": per_query})
-        pq_area = trapezoid_mean(eps_values, [p["per_query"] for p in points])
-        mean_area = trapezoid_mean(eps_values, [p["worst_mean"] for p in points])
-        rows.append({"victim": dict(zip(VICTIM, v)), "clean": clean_map, "clean_text": fmt_metric("map", clean_map),
-                     "points": points, "area_per_query": pq_area, "area_worst_mean": mean_area,
-                     "area": pq_area if isnum(pq_area) else mean_area, "area_kind": "per-query" if isnum(pq_area)
-                     else "worst of the means", "missing_records": missing_records,
-                     "flags": "; ".join(dict.fromkeys(f for f in g["flags"] if f))})
+    rows = [_victim_curve(v, by_victim[v], clean, _victim_cells(ok, facts, v), suite, eps_keys, cache_dir)
+            for v in victims]
     rows.sort(key=lambda r: (0 if isnum(r["area"]) else 1, -(r["area"] if isnum(r["area"]) else 0),
                              -(r["clean"] if isnum(r["clean"]) else 0)))
     for i, r in enumerate(rows, 1):
         r["rank"] = i if isnum(r["area"]) else None
         r["area_text"] = fmt_metric("map", r["area"])
     all_per_query = all(r["area_kind"] == "per-query" for r in rows)
-    series = []
-    for i, r in enumerate(rows):
-        name = _victim_name(r["victim"])
-        start = [(0.0, r["clean"])] if isnum(r["clean"]) else []  # ε 0: the clean queries (not in the area)
-        colour = plots.style(i)["color"]
-        if all(isnum(p["per_query"]) for p in r["points"]):
-            series.append({"label": f"{name} · per-query worst", "color": colour, "dash": "",
-                           "points": start + [(p["eps"] * 255, p["per_query"]) for p in r["points"]]})
-        series.append({"label": f"{name} · worst of the means", "color": colour, "dash": "6 3",
-                       "points": start + [(p["eps"] * 255, p["worst_mean"]) for p in r["points"]]})
+    series = curve_series(rows)
     return {"facts": facts, "suite": suite, "eps": [fmt_epsilon(e) for e in eps_values], "victims": rows,
             "eps_range": f"{fmt_epsilon(eps_values[0])} – {fmt_epsilon(eps_values[-1])}" if eps_values else "",
             "ranked_by": "per-query worst-case area" if all_per_query else
@@ -178,6 +141,54 @@ def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dic
             "chart": plots.line_chart(series, "ε (×1/255)", "mAP", xlog=False, xmin=0.0) if eps_values else "",
             "legend": [{"label": s["label"], "color": s["color"], "dashed": bool(s["dash"])} for s in series],
             "note": "", "left_out": left_out}
+
+
+def _victim_curve(v: tuple, g: pd.DataFrame, clean: pd.DataFrame, vcells: pd.DataFrame, suite: list[str],
+                  eps_keys: list[str], cache_dir) -> dict:
+    """One victim's row: clean mAP, and per ε the worst of the means and the per-query worst case."""
+    vc = clean[(clean[VICTIM] == pd.Series(v, index=VICTIM)).all(axis=1)]
+    clean_map = float(vc["map"].mean()) if len(vc) and vc["map"].notna().any() else np.nan
+    points, missing_records = [], []
+    for e in eps_keys:
+        at = g[(g["eps_key"] == e) & g["attack_label"].isin(suite)]
+        per_attack = at.groupby("attack_label")["map"].min()  # of two configurations under one label, the worse
+        aps = []
+        for a in suite:
+            keys = vcells.loc[(vcells["attack_label"] == a) & (vcells["eps_key"] == e), "cell_key"]
+            found = [x for x in (per_query_ap(cache_dir, k) for k in sorted(set(keys))) if x is not None]
+            if not found:
+                missing_records.append(f"{a} ε {fmt_epsilon(float(e))}")
+                continue
+            aps.append(np.mean(found, axis=0) if len({len(x) for x in found}) == 1 else None)  # seeds: mean per query
+        per_query = np.nan
+        if len(aps) == len(suite) and all(x is not None for x in aps) and len({len(x) for x in aps}) == 1:
+            per_query = float(np.nanmean(np.fmin.reduce(np.stack(aps))))
+        points.append({"eps": float(e), "eps_text": fmt_epsilon(float(e)), "worst_mean": float(per_attack.min()),
+                       "worst_attack": per_attack.idxmin(), "per_query": per_query})
+    eps_values = [float(e) for e in eps_keys]
+    pq_area = trapezoid_mean(eps_values, [p["per_query"] for p in points])
+    mean_area = trapezoid_mean(eps_values, [p["worst_mean"] for p in points])
+    return {"victim": dict(zip(VICTIM, v)), "clean": clean_map, "clean_text": fmt_metric("map", clean_map),
+            "points": points, "area_per_query": pq_area, "area_worst_mean": mean_area,
+            "area": pq_area if isnum(pq_area) else mean_area,
+            "area_kind": "per-query" if isnum(pq_area) else "worst of the means", "missing_records": missing_records,
+            "flags": "; ".join(dict.fromkeys(f for f in g["flags"] if f))}
+
+
+def curve_series(rows: list[dict]) -> list[dict]:
+    """Chart lines, one colour per victim: solid per-query worst case, dashed worst of the means, both starting
+    at ε 0 from the clean mAP (not part of the area)."""
+    series = []
+    for i, r in enumerate(rows):
+        name = _victim_name(r["victim"])
+        start = [(0.0, r["clean"])] if isnum(r["clean"]) else []
+        colour = plots.style(i)["color"]
+        if all(isnum(p["per_query"]) for p in r["points"]):
+            series.append({"label": f"{name} · per-query worst", "color": colour, "dash": "",
+                           "points": start + [(p["eps"] * 255, p["per_query"]) for p in r["points"]]})
+        series.append({"label": f"{name} · worst of the means", "color": colour, "dash": "6 3",
+                       "points": start + [(p["eps"] * 255, p["worst_mean"]) for p in r["points"]]})
+    return series
 
 
 def common_suite(points_of: dict) -> tuple[list[str], set, list[str]]:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from result_rows import cell_rows, write_cells
 
-from leaderboard import robustness, store
+from leaderboard import robustness
 from leaderboard.render import PAGES, render
 
 E = [8 / 255, 16 / 255, 32 / 255]
