@@ -751,7 +751,9 @@ def paper_tables(ref: pd.DataFrame, index: dict) -> list[dict]:
             "caption": caption, "row_fields": shown, "rows": list(rows.values()), "n": len(t),
             "columns": [" · ".join(_column_label(f, v) for f, v in zip(col_fields, k) if v) for k in col_keys],
             "common_note": "; ".join(common), "measured": measured, "lfl": lfl, "stand_in": stand_in,
-            "stand_ins": [f"{label} for {', '.join(sorted(papers_))}" for label, papers_ in sorted(stand_ins.items())],
+            "stand_ins": [f"{label} for {', '.join(sorted(papers_))}" for label, papers_ in sorted(stand_ins.items())]
+            or [f"{name} for {', '.join(sorted(set(t.loc[t['dataset'].map(STAND_IN) == name, 'dataset'])))} "
+                "(none measured yet)" for name in sorted(set(t["dataset"].map(STAND_IN).dropna()))],
             "query_sets": sorted({f"{label} ({n} queries)" for label, n in chosen_sets.values()}),
             "shortened": list(settings)})
     return tables
