@@ -85,8 +85,8 @@ def test_per_query_worst_case_ranks_victims_by_its_area(robust):
     assert order == [("csq", "none"), ("dpsh", "cgat"), ("dpsh", "none")], order
     dpsh = rows[2]
     assert ">0.0833<" in dpsh  # area: trapezoid over 8..32/255 divided by the range, (0.15 * 8 + 0.05 * 16) / 24
-    assert re.search(r">0\.5500 <small>(hag|pgd)</small>", dpsh)  # worst of the means at 8/255
-    assert ">0.2000<" in dpsh and ">0.0000<" in dpsh  # per-query worst at 8/255 and 32/255
+    assert re.search(r">0\.5500 · (hag|pgd)</small>", dpsh)  # worst of the means at 8/255
+    assert '"pq">0.2000<' in dpsh and '"pq">0.0000<' in dpsh  # per-query worst at 8/255 and 32/255
     assert "no per-query record" not in html
 
 
