@@ -5,8 +5,11 @@
 
 or ``from leaderboard.render import render; render("results")``. Pages: index.html (every cell, sortable and
 filterable, flags beside the values, the flagged cells listed, the runs' environment and the downloads
-results.csv / results.parquet), rankings.html (victims by worst-case mAP / t-MAP, attacks by damage per
-second), timing.html, curves.html, gallery.html (from the cached gallery records) and papers.html. CSS and
+results.csv / results.parquet and the per-table CSVs of ``tables/``), rankings.html (victims by worst-case mAP /
+t-MAP, attacks by damage at equal budget with a damage-time scatter), robustness.html (curves over one common
+attack suite, the per-query worst case from the cache's per-query APs, defenses as gains), timing.html,
+curves.html, gallery.html (from the cached gallery records) and papers.html. Every page names the device,
+threads, commit and dates of the runs it shows. CSS and
 JS are inlined and images are local PNG files, so each page works from file:// with no network. Every string
 from the data or a plugin goes through jinja2's autoescape (SVG text through ``html.escape``).
 
