@@ -65,9 +65,26 @@ def dataset_splits(plan: CellPlan, s: Session) -> Splits:
             raise RuntimeError(f"dataset {dataset.name!r} here differs from the one the grid was planned on "
                                f"(fingerprint {splits.fingerprint()} vs {fingerprint}); the data folders of "
                                f"every machine must hold the same files")
+        for files in file_sets(splits):
+            files.use_cache(s.cache.root, s.cache.claim_timeout, s.cache.report_wait, s.stage)
         return splits
 
     return s.memo.get("splits", (dataset.name, dataset.params_json, fingerprint), load)
+
+
+def file_sets(splits: Splits) -> list:
+    """The split's sets read from image files (``FileImages``), each once (a query subset's base included)."""
+    found = [images.file_images() for images in (splits.query, splits.database, splits.train)]
+    return list({id(files): files for files in found if files is not None}.values())
+
+
+def preprocess_images(plan: CellPlan, s: Session) -> int:
+    """Decode the cell's file sets into the image cache now (the Ray executor's first tasks do this, on CPUs,
+    so no GPU task waits for it); returns how many sets it made or found. In-memory sets need nothing."""
+    sets = file_sets(dataset_splits(plan, s))
+    for files in sets:
+        files.preprocess()
+    return len(sets)
 
 
 def needed_protection(plan: CellPlan, splits: Splits, s: Session) -> Protection | None:
