@@ -186,7 +186,7 @@ class FileImages(ImageSet):
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
         if self.array is not None:
-            return torch.from_numpy(self.array[index.numpy()]).float() / 255.0
+            return torch.from_numpy(self.array[index.numpy()]).float().div_(255.0)  # the same bits as below
         paths = [self.paths[i] for i in index.tolist()]
         with ThreadPoolExecutor(self.workers) as pool:
             images = list(pool.map(self._read, paths))
