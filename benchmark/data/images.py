@@ -2,7 +2,8 @@
 fingerprints.
 
 Normalisation and resizing live inside the victim model, so attacks work in [0, 1] pixel space.
-Large sets stream from disk in batches: only labels and paths are held in memory.
+Large sets stream from disk in batches: only labels and paths are held in memory, and a run's first pass over a
+file set decodes it once into a memory-mapped array in the stage cache (``benchmark.data.preprocessed``).
 """
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ memory-mapped uint8 array (N, C, H, W) in the stage cache folder, ``<cache>/imag
     array = preprocessed(cache_root, key, count, read, describe="NUS-WIDE database")   # np.memmap, read-only
 
 The key (``cache_key``) hashes the files' contents (their digests, in list order, so the same files elsewhere
-share one array), the transform and the versions of the decoder (PIL) and of the resize (torchvision): an image
-read back is the very bytes decoding its file again gives. The array is built under the claim ``images-<key>``
+share one array), the transform, and the versions of the decoders (PIL and its libjpeg, zlib, libtiff, libwebp)
+and of the resize (torchvision): an image read back is the very bytes decoding its file again gives. The array is built under the claim ``images-<key>``
 (two processes never both decode the set) into a temporary file that is renamed into place once complete, as
 every cache write is. Opening one checks its header (magic, key, shape), its size, and its first and last
 image against their files decoded anew; one that fails (truncated, overwritten, another key's) is deleted
@@ -41,8 +41,10 @@ def cache_key(digests: list[str], transform: dict) -> str:
     """The array's key: the files' content digests in order, the transform, and the decoder's versions."""
     import PIL
     import torchvision
+    from PIL import features
 
-    text = json.dumps({"digests": digests, "transform": transform, "pil": PIL.__version__,
+    decoders = {codec: features.version(codec) for codec in ("jpg", "zlib", "libtiff", "webp")}
+    text = json.dumps({"digests": digests, "transform": transform, "pil": PIL.__version__, "decoders": decoders,
                        "torchvision": torchvision.__version__, "format": MAGIC.decode().strip()}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
