@@ -72,16 +72,16 @@ def dataset_splits(plan: CellPlan, s: Session) -> Splits:
     return s.memo.get("splits", (dataset.name, dataset.params_json, fingerprint), load)
 
 
-def file_sets(splits: Splits) -> list:
+def file_sets(splits: Splits, roles: tuple[str, ...] = ("query", "database", "train")) -> list:
     """The split's sets read from image files (``FileImages``), each once (a query subset's base included)."""
-    found = [images.file_images() for images in (splits.query, splits.database, splits.train)]
+    found = [getattr(splits, role).file_images() for role in roles]
     return list({id(files): files for files in found if files is not None}.values())
 
 
-def preprocess_images(plan: CellPlan, s: Session) -> int:
-    """Decode the cell's file sets into the image cache now (the Ray executor's first tasks do this, on CPUs,
-    so no GPU task waits for it); returns how many sets it made or found. In-memory sets need nothing."""
-    sets = file_sets(dataset_splits(plan, s))
+def preprocess_images(plan: CellPlan, s: Session, roles: tuple[str, ...] = ("query", "database", "train")) -> int:
+    """Decode the cell's file sets of ``roles`` into the image cache now (the Ray executor's first tasks do this,
+    on CPUs, so no GPU task waits for it); returns how many sets it made or found. In-memory sets need nothing."""
+    sets = file_sets(dataset_splits(plan, s), roles)
     for files in sets:
         files.preprocess()
     return len(sets)

@@ -89,6 +89,12 @@ def test_what_the_stage_cache_holds_gets_no_task(registry, tmp_path, data_root):
     stored = {("victims", start.key), ("codes", start_codes.key)}
     tasks = task_graph(plans, registry, lambda stage, key: (stage, key) in stored)
     assert f"victim {start.key}" not in tasks
+    (images,) = [t for t in tasks.values() if t.kind == "images"]
+    assert images.roles == ("query", "database", "train")  # the cgat victim is encoded
+    every = {("victims", p.victim.key) for p in plans} | {("codes", p.codes.key) for p in plans} | stored
+    (images,) = [t for t in task_graph(plans, registry, lambda stage, key: (stage, key) in every).values()
+                 if t.kind == "images"]
+    assert images.roles == ("query", "train")  # every victim encoded already: the database is not decoded
     defended = next(t for t in tasks.values() if t.kind == "victim" and t.victim.start is not None)
     assert all(not n.startswith("victim") for n in defended.needs)
     assert all(f"victim {start.key}" not in t.needs for t in tasks.values())

@@ -1,7 +1,8 @@
 """Fans a grid out on a Ray cluster: ``python bench.py --executor ray [--address HOST:PORT]``.
 
 The driver plans every cell (``benchmark.plan``), skips those the result store already holds, and makes a task
-graph of the rest (``task_graph``): per dataset, a CPU task that decodes its image files into the image cache;
+graph of the rest (``task_graph``): per dataset, a CPU task that decodes its image files into the image cache (the queries and training images,
+and the database when a victim is to encode it);
 each data protection and each victim the cells need that the stage cache lacks (a victim task trains it and
 encodes its codes; a defended victim waits for the undefended one it starts from, a victim trained on protected
 data for the protection); then one task per attacker (the victim, or the cells' surrogate) running its cells,
@@ -94,6 +95,7 @@ class Task:
     codes: CodesPlan | None = None
     protection: ProtectionPlan | None = None
     plans: list = field(default_factory=list)  # a cells task's cells
+    roles: tuple = ("query", "train")    # an images task's sets ("database" too when a victim task encodes it)
     gflop: float = 0.0                   # its own work (benchmark.planning.estimate)
     priority: float = 0.0                # gflop plus the costliest chain of tasks that wait for it
 
@@ -161,6 +163,10 @@ def task_graph(plans: list[CellPlan], registry, stored=lambda stage, key: False)
         need(task_id, images_task(plan), *needs)
     for task in tasks.values():
         task.plans.sort(key=lambda plan: plan.victim.key)  # a victim's cells one after another (the memo keeps 3)
+        if task.kind == "victim" and task.codes is not None:  # the database is decoded only if something encodes it
+            for needed in task.needs:
+                if tasks[needed].kind == "images":
+                    tasks[needed].roles = ("query", "database", "train")
     set_priorities(tasks)
     return tasks
 
@@ -252,7 +258,7 @@ def run_stage(task: Task, settings: TaskSettings, board, failed: dict[str, str])
         session, _ = task_session(settings, board, task.id)
         session.failed_victims.update(failed)
         if task.kind == "images":
-            preprocess_images(task.plan, session)
+            preprocess_images(task.plan, session, task.roles)
         else:
             splits = dataset_splits(task.plan, session)
             if task.kind == "protection":
