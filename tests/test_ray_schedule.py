@@ -14,7 +14,7 @@ from benchmark.running import ray_executor
 from benchmark.running.ray_executor import next_tasks, task_graph
 
 sys.path.insert(0, str(ROOT / "tools"))
-from synthetic_datasets import LIST_DATASETS, write_list_dataset  # noqa: E402
+from synthetic_datasets import LIST_DATASETS, write_list_dataset
 
 # dsh trains four times as long as dpsh; dpsh's cells attack (PGD), dsh's do not: by the estimate, dsh's victim
 # is the longest chain, then dpsh's victim, then dpsh's cells, then dsh's

@@ -51,7 +51,7 @@ class ImageSet:
         for index, images in prefetched(self.load, indices):
             yield images, self.labels[index], index
 
-    def file_images(self) -> "FileImages | None":
+    def file_images(self) -> FileImages | None:
         """The file set this set's images are read from (itself or a subset's base), None for other sets."""
         return None
 
@@ -107,7 +107,7 @@ class SubsetImages(ImageSet):
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.base.load(self.index[index])
 
-    def file_images(self) -> "FileImages | None":
+    def file_images(self) -> FileImages | None:
         return self.base.file_images()
 
     def identity(self) -> str:
@@ -138,7 +138,7 @@ class FileImages(ImageSet):
     def __len__(self) -> int:
         return len(self.paths)
 
-    def file_images(self) -> "FileImages":
+    def file_images(self) -> FileImages:
         return self
 
     def transform(self) -> dict:

@@ -267,7 +267,7 @@ def run_stage(task: Task, settings: TaskSettings, board, failed: dict[str, str])
                 victim = trained_victim(task.victim, splits, session)
                 if task.codes is not None:
                     clean_codes(task.codes, victim, splits, session)
-    except Exception as exc:  # the cells that need it report it (a victim's as their error rows)
+    except Exception as exc:  # noqa: BLE001 - any failure is the cells' to report (a victim's as their error rows)
         error = f"{type(exc).__name__}: {exc}"
     board.report.remote("task", task.id, "finished", error)
     return {task.victim.key: error} if error and task.victim is not None else {}
@@ -362,9 +362,9 @@ def stopping_on_termination():
 def _run(ray, runner, todo: list[CellPlan], progress: Progress, threads: int, counts: dict[str, int]) -> None:
     """Run the plans' task graph: a task is submitted once the tasks it needs have finished, the highest priority
     first, while the cluster has room for it (so that the order is the graph's, not Ray's queue's); counts are
-    added to as the tasks report. ``runner.task_log`` gets (event, id, label, detail) as a stage task starts ("started",
-where) and ends ("finished", its error or ""), a cell starts ("cell started", where), and anything waits for a
-claim ("waiting", whom)."""
+    added to as the tasks report. ``runner.task_log`` gets (event, id, label, detail) as a stage task starts
+    ("started", where) and ends ("finished", its error or ""), a cell starts ("cell started", where), and anything
+    waits for a claim ("waiting", whom)."""
     if not todo:
         return
     gpus = ray.cluster_resources().get("GPU", 0)
@@ -386,9 +386,9 @@ claim ("waiting", whom)."""
     running: dict = {}  # ObjectRef -> Task
     try:
         while waiting or running:
+            totals = ray.cluster_resources()  # read again each round: nodes may join or leave
             for task in next_tasks(waiting, done):
-                if running and not fits(needs[task.id], [needs[t.id] for t in running.values()],
-                                        ray.cluster_resources()):
+                if running and not fits(needs[task.id], [needs[t.id] for t in running.values()], totals):
                     continue
                 resources = {"num_gpus": 1} if "GPU" in needs[task.id] else {"num_cpus": needs[task.id]["CPU"]}
                 options = dict(max_retries=RETRIES, retry_exceptions=False, **resources)
