@@ -3,6 +3,9 @@ defended victim after the one it starts from, the longest chain of estimated wor
 one-CPU) Ray instance the tasks start in that order and no cells task waits on a victim's claim."""
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 
 import pytest
@@ -10,7 +13,6 @@ from conftest import ROOT, write_grid
 
 from benchmark.planning.grid import expand, load_preset
 from benchmark.planning.plan import Planner
-from benchmark.running import ray_executor
 from benchmark.running.ray_executor import next_tasks, task_graph
 
 sys.path.insert(0, str(ROOT / "tools"))
@@ -100,22 +102,43 @@ def test_what_the_stage_cache_holds_gets_no_task(registry, tmp_path, data_root):
     assert all(f"victim {start.key}" not in t.needs for t in tasks.values())
 
 
-def test_on_ray_the_tasks_start_longest_chain_first_and_cells_wait_for_nobody(registry, tmp_path, data_root,
-                                                                              monkeypatch):
-    ray = pytest.importorskip("ray")
-    from benchmark.running.runner import Runner
+# The Ray run, in a process of its own: a Ray imported by another test of this session (test_scaleout's token-mode
+# cluster) keeps the settings it read at its import
+RAY_RUN = """
+import json, sys
+sys.path.insert(0, {root!r})
+import ray
+from benchmark import Registry
+from benchmark.planning.grid import expand, load_preset
+from benchmark.running import ray_executor
+from benchmark.running.runner import Runner
 
-    cells, _ = planned(registry, tmp_path, data_root, GRID)
-    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu", data_root=str(data_root))
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
-             _node_ip_address=ray_executor.LOCAL_NODE_IP,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
-    try:
-        counts = ray_executor.run_on_ray(runner, cells, threads=1)
-    finally:
-        ray.shutdown()
-    assert counts == {"ran": 2, "cached": 0, "error": 0}
-    log = runner.task_log
+registry = Registry.discover()
+cells = expand(load_preset({grid!r}), registry)
+runner = Runner(registry, {results!r}, {cache!r}, device="cpu", data_root={data!r})
+ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False,
+         _node_ip_address=ray_executor.LOCAL_NODE_IP,
+         runtime_env={{"env_vars": {{"PYTHONPATH": {root!r}, "OMP_NUM_THREADS": "1"}}}})
+try:
+    counts = ray_executor.run_on_ray(runner, cells, threads=1)
+finally:
+    ray.shutdown()
+print(json.dumps({{"counts": counts, "log": runner.task_log}}))
+"""
+
+
+def test_on_ray_the_tasks_start_longest_chain_first_and_cells_wait_for_nobody(tmp_path, data_root):
+    pytest.importorskip("ray")
+    grid = write_grid(tmp_path / "grid.toml", GRID)
+    script = RAY_RUN.format(root=str(ROOT), grid=str(grid), results=str(tmp_path / "results"),
+                            cache=str(tmp_path / "cache"), data=str(data_root))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")} | {"OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, env=env,
+                         check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    outcome = json.loads(run.stdout.strip().splitlines()[-1])
+    assert outcome["counts"] == {"ran": 2, "cached": 0, "error": 0}
+    log = outcome["log"]
     started = [label for event, _, label, _ in log if event == "started"]
     assert started == ["image cache of nuswide", "victim dsh/smallcnn/16", "victim dpsh/smallcnn/16"]
     cell_starts = [label for event, _, label, _ in log if event == "cell started"]
