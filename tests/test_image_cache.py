@@ -201,3 +201,51 @@ def test_a_file_that_cannot_be_read_fails_the_build_naming_it(jpegs, tmp_path):
     with pytest.raises(ValueError, match=f"image file {paths[3]} cannot be read"):
         list(images.batches(4))
     assert not list((tmp_path / "cache" / "images").glob("*"))  # no partial array, no temporary left
+
+
+GRID = """
+[[block]]
+dataset = "nuswide"
+hashing = "dpsh"
+backbone = "smallcnn"
+bits = 16
+attack = ["none", "pgd"]
+epsilon = "8/255"
+[block.params.hashing.dpsh]
+epochs = 1
+[block.params.attacks.pgd]
+iterations = 2
+"""
+
+
+def test_a_run_gives_the_same_numbers_with_and_without_the_image_cache(registry, tmp_path, monkeypatch):
+    import sys
+
+    import pandas as pd
+    from conftest import write_grid
+
+    from benchmark.planning.grid import expand, load_preset
+    from benchmark.running.runner import Runner
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from synthetic_datasets import LIST_DATASETS, write_list_dataset
+
+    classes, multi_label, list_format = LIST_DATASETS["nuswide"]
+    write_list_dataset(tmp_path / "data" / "nuswide", classes, multi_label, list_format, seed=4)
+    cells = expand(load_preset(str(write_grid(tmp_path / "grid.toml", GRID))), registry)
+
+    def run(name):
+        runner = Runner(registry, tmp_path / name / "results", tmp_path / name / "cache", device="cpu",
+                        data_root=str(tmp_path / "data"))
+        assert runner.run(cells) == {"ran": 2, "cached": 0, "error": 0}
+        table = pd.read_parquet(tmp_path / name / "results")
+        table = table[~table["metric"].isin(("seconds_per_image", "prepare_seconds", "score_seconds"))]
+        return table.set_index(["cell_key", "metric", "topk", "recall", "iterations"])["value"].sort_index()
+
+    cached = run("cached")
+    assert len(list((tmp_path / "cached" / "cache" / "images").glob("*.u8"))) == 3
+    with monkeypatch.context() as patch:
+        patch.setattr(FileImages, "use_cache", lambda self, *args, **kwargs: None)
+        decoded = run("decoded")
+    assert not (tmp_path / "decoded" / "cache" / "images").exists()
+    pd.testing.assert_series_equal(cached, decoded)
