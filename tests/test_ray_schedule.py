@@ -77,6 +77,7 @@ def test_victims_come_before_their_cells_and_a_defended_victim_after_its_start(r
         assert task.priority == pytest.approx(task.gflop + max(after, default=0.0))
         assert task.gflop >= 0
     assert all(t.gflop > 0 for t in by_kind["victim"])
+    assert {t.key for t in by_kind["images"][0].targets} == {plan.targets.key for plan in plans}  # drawn there
     order = [t.id for t in next_tasks(tasks, set())]
     assert order == [images]  # nothing else is ready before the images
     ready = next_tasks({k: t for k, t in tasks.items() if k != images}, {images})

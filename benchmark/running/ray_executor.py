@@ -2,7 +2,7 @@
 
 The driver plans every cell (``benchmark.plan``), skips those the result store already holds, and makes a task
 graph of the rest (``task_graph``): per dataset, a CPU task that decodes its image files into the image cache (the queries and training images,
-and the database when a victim is to encode it);
+and the database when a victim is to encode it) and draws the cells' target labels;
 each data protection and each victim the cells need that the stage cache lacks (a victim task trains it and
 encodes its codes; a defended victim waits for the undefended one it starts from, a victim trained on protected
 data for the protection); then one task per attacker (the victim, or the cells' surrogate) running its cells,
@@ -83,7 +83,7 @@ class ProgressBoard:
 class Task:
     """One Ray task of a run: what it computes, the tasks it waits for, and its cost under the GPU-hours model.
 
-    ``kind``: "images" (decode a dataset's file sets into the image cache, on CPUs), "protection" (train a data
+    ``kind``: "images" (decode a dataset's file sets into the image cache and draw its target labels, on CPUs), "protection" (train a data
     protection), "victim" (train a victim and encode its codes), "cells" (the cells of one attacker)."""
 
     id: str
@@ -96,6 +96,7 @@ class Task:
     protection: ProtectionPlan | None = None
     plans: list = field(default_factory=list)  # a cells task's cells
     roles: tuple = ("query", "train")    # an images task's sets ("database" too when a victim task encodes it)
+    targets: list = field(default_factory=list)  # an images task's target draws (TargetsPlan), shared by cells
     gflop: float = 0.0                   # its own work (benchmark.planning.estimate)
     priority: float = 0.0                # gflop plus the costliest chain of tasks that wait for it
 
@@ -160,7 +161,10 @@ def task_graph(plans: list[CellPlan], registry, stored=lambda stage, key: False)
             tasks[task_id] = Task(task_id, "cells", f"cells attacked on {plan.attacker.label()}", plan)
         tasks[task_id].plans.append(plan)
         tasks[task_id].gflop += cell_gflop(estimator, plan, sizes)
-        need(task_id, images_task(plan), *needs)
+        images = tasks[images_task(plan)]
+        if not stored("targets", plan.targets.key) and plan.targets not in images.targets:
+            images.targets.append(plan.targets)
+        need(task_id, images.id, *needs)
     for task in tasks.values():
         task.plans.sort(key=lambda plan: plan.victim.key)  # a victim's cells one after another (the memo keeps 3)
         if task.kind == "victim" and task.codes is not None:  # the database is decoded only if something encodes it
@@ -248,6 +252,7 @@ def task_session(settings: TaskSettings, board, label: str):
 def run_stage(task: Task, settings: TaskSettings, board, failed: dict[str, str]) -> dict[str, str]:
     """A stage task (image cache, protection, victim and its codes); returns {victim key: why its training
     failed} (empty when it did not), so that the cells of a failed victim become error rows without retraining."""
+    from benchmark.attack.stage import target_labels
     from benchmark.cell import dataset_splits, preprocess_images
     from benchmark.encoding.codes import clean_codes
     from benchmark.victim.train import trained_protection, trained_victim
@@ -259,6 +264,9 @@ def run_stage(task: Task, settings: TaskSettings, board, failed: dict[str, str])
         session.failed_victims.update(failed)
         if task.kind == "images":
             preprocess_images(task.plan, session, task.roles)
+            splits = dataset_splits(task.plan, session)
+            for targets in task.targets:  # drawn here once, so that no two cells tasks wait on each other for them
+                target_labels(targets, splits, session)
         else:
             splits = dataset_splits(task.plan, session)
             if task.kind == "protection":
