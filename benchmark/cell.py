@@ -163,7 +163,9 @@ def sanity_flags(plan: CellPlan, victim: Trained, codes: Codes, protection: Prot
         perturbs=perturbs, changed_share=changed, violations=perturbation["violations"],
         unreachable_targets=flags.unreachable_targets(targets, splits.database.labels), n_queries=len(targets),
         universal_share=perturbation.get("universal_share", float("nan")),
-        saturated_share=perturbation.get("saturated_share", float("nan")), learned_generator=generator)
+        saturated_share=perturbation.get("saturated_share", float("nan")), learned_generator=generator,
+        epsilon=plan.attack.epsilon if plan.protection is None else None,
+        linf_mean=perturbation.get("linf_mean", float("nan")))
 
 
 def training_records(plan: CellPlan, victim: Trained, protection: Protection | None, attacked: Attacked) -> dict:

@@ -61,6 +61,8 @@ def base_row(plan: CellPlan, registry: Registry, attack_batch: int, train_second
     method = plan.victim.hashing.configure(registry)
     defense = registry.get("defenses", cell.defense).configure(cell.overrides("defenses", cell.defense))
     attack = plan.attack.attack.configure(registry)
+    if plan.attack.epsilon is not None:
+        attack.epsilon = plan.attack.epsilon  # the cell's, as the attack ran (attack_params, label)
     return {
         "dataset": cell.dataset, "dataset_label": plan.data_identity.get("label", cell.dataset),
         "hashing": cell.hashing, "hashing_label": method.label(), "backbone": cell.backbone, "bits": cell.bits,

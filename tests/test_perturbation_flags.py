@@ -2,6 +2,7 @@
 and a learned generator at its bound everywhere (``generator_saturated``), never a sign-gradient attack."""
 from __future__ import annotations
 
+import json
 import typing
 
 import pandas as pd
@@ -9,7 +10,7 @@ import pytest
 import torch
 from conftest import write_grid
 
-from benchmark import AttackContext, Defense, Range, Registry
+from benchmark import Attack, AttackContext, Defense, Range, Registry, project
 from benchmark.attack.stage import PerturbationStatistics, perturb_queries
 from benchmark.planning.grid import expand, load_preset
 from benchmark.running.runner import Runner
@@ -196,3 +197,51 @@ def test_a_constant_shift_protection_is_flagged_on_every_cell_that_uses_it(tmp_p
     assert shares[("a2c", "clean")] > UNIVERSAL_SHARE and shares[("c2c", "protected")] > UNIVERSAL_SHARE
     linf = table[table["metric"] == "linf"].set_index(["scenario", "train_data"])["value"]
     assert linf[("c2c", "protected")] == 0 and linf[("a2c", "clean")] == pytest.approx(EPSILON)  # as released
+
+
+class QuarterStep(Attack):
+    """Random signs at a quarter of the budget: an attack whose schedule stops short of epsilon."""
+    name = "quarter_step"
+    paper = "test double"
+
+    def perturb(self, x, labels, target_labels):
+        signs = torch.randint(0, 2, x.shape, generator=self.ctx.generator).to(x.device) * 2 - 1
+        return project(x + self.epsilon / 4 * signs, x, self.epsilon)
+
+
+BUDGET_GRID = """
+[[block]]
+dataset = "fashion_mnist"
+hashing = "dpsh"
+backbone = "smallcnn"
+bits = 16
+attack = ["quarter_step", "noise"]
+epsilon = 0.0627451
+[block.params.datasets.fashion_mnist]
+query_subset = 40
+n_train = 300
+[block.params.hashing.dpsh]
+epochs = 1
+"""
+
+
+def test_an_attack_that_stops_short_of_its_budget_is_flagged_and_rows_carry_the_cells_epsilon(tmp_path):
+    registry = Registry.discover()
+    registry.plugins["attacks"]["quarter_step"] = QuarterStep
+    cells = expand(load_preset(str(write_grid(tmp_path / "grid.toml", BUDGET_GRID))), registry)
+    runner = Runner(registry, tmp_path / "results", tmp_path / "cache", device="cpu")
+    assert runner.run(cells)["ran"] == 2
+    table = pd.read_parquet(tmp_path / "results")
+    flagged = table.groupby("attack")["flags"].agg(lambda f: f.str.contains("budget_unreached").all())
+    assert flagged["quarter_step"] and not table[table["attack"] == "noise"]["flags"].str.contains(
+        "budget_unreached").any()  # uniform noise's L-inf per image sits near epsilon
+    assert table["attack_params"].map(lambda text: json.loads(text)["epsilon"]).eq(0.0627451).all()
+    assert "epsilon" not in table["attack_label"].str.cat()
+
+
+def test_budget_unreached_is_for_attacks_with_a_budget_only():
+    names = lambda **kw: {f.split(":")[0] for f in cell_flags(perturbs=True, changed_share=0.5, violations=0.0,  # noqa: E731
+                                                             unreachable_targets=0, n_queries=1, **kw)}
+    assert "budget_unreached" in names(epsilon=0.1, linf_mean=0.02)
+    assert "budget_unreached" not in names(epsilon=0.1, linf_mean=0.099)
+    assert "budget_unreached" not in names(epsilon=None, linf_mean=0.02)  # unbounded, or a protection's release

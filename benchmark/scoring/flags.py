@@ -26,6 +26,10 @@ Cell flags
   ``UNIVERSAL_SHARE`` of its energy lies in its mean over images (``universal_share`` = N ||mean_i delta_i||^2
   / sum_i ||delta_i||^2, a metric row; 1 for a constant shift, about 0.3 for random +-epsilon signs on
   FashionMNIST, whose black background can only be pushed up). Any attack or protection.
+- ``budget_unreached``: an attack with an epsilon whose queries moved, on average, less than
+  ``BUDGET_REACHED_SHARE`` of it in L-inf (``linf_mean``): its schedule (iterations, step rule) stopped short of
+  the budget, so its damage measures the schedule, not epsilon (HAG's fixed step on a victim with small
+  outputs at 100 iterations: methods/attacks/hag.py). Not for protections, whose epsilon bounds a generator.
 - ``generator_saturated``: a learned generator (``learned_generator`` on the attack or the protection:
   ProS-GAN, PPL) whose output sits at an end of its allowed range ([x - epsilon, x + epsilon] within [0, 1],
   or [0, 1] without an epsilon) on more than ``SATURATED_SHARE`` of the pixels (``saturated_share``, a metric
@@ -46,6 +50,7 @@ GRADIENT_PROBE = 32         # queries whose input gradient is checked
 ZERO_GRADIENT_SHARE = 0.5   # flag when more than this share of probe queries has an all-zero gradient
 UNIVERSAL_SHARE = 0.9       # flag a perturbation with more of its energy than this in its mean over images
 SATURATED_SHARE = 0.95      # flag a learned generator with more of its pixels than this at their bound
+BUDGET_REACHED_SHARE = 0.5  # flag an attack whose mean L-inf stays under this share of its epsilon
 
 
 def victim_diagnostics(model, database_codes: torch.Tensor, query_codes: torch.Tensor, splits: Splits,
@@ -117,10 +122,16 @@ def probe_retrieval(query_codes: torch.Tensor, query_labels: torch.Tensor, datab
 
 def cell_flags(perturbs: bool, changed_share: float, violations: float, unreachable_targets: int,
                n_queries: int, universal_share: float = float("nan"), saturated_share: float = float("nan"),
-               learned_generator: bool = False) -> list[str]:
+               learned_generator: bool = False, epsilon: float | None = None,
+               linf_mean: float = float("nan")) -> list[str]:
+    """``epsilon``: an attack's budget (None: unbounded, or a protection's release)."""
     out = []
     if perturbs and changed_share == 0:
         out.append("attack_changed_nothing: no query's code changed")
+    if perturbs and epsilon and linf_mean < BUDGET_REACHED_SHARE * epsilon:
+        out.append(f"budget_unreached: the queries moved {linf_mean:.4f} in L-inf on average, under "
+                   f"{BUDGET_REACHED_SHARE:.0%} of epsilon {epsilon:.4f} (its schedule stopped short of the budget: "
+                   f"its damage does not measure epsilon)")
     if violations > 0:
         out.append(f"budget_violations: {violations:.1%} of the returned images lay outside the epsilon ball or "
                    f"[0, 1] before the harness projected them")
