@@ -53,6 +53,29 @@ def write_json(path: Path, data) -> None:
                     encoding="utf-8")
 
 
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
+
+
+def typed_records(records: list[dict]) -> list[dict]:
+    """``records`` with each column of numbers written as text (a paper's "0.8253", a measured "0.7208")
+    as numbers, its empty texts as null; a column with any other value stays as it is."""
+    out = [dict(r) for r in records]
+    for column in dict.fromkeys(k for r in records for k in r):
+        values = [r.get(column) for r in records if r.get(column) is not None]
+        texts = [v for v in values if v != ""]
+        if not texts or not all(isinstance(v, str) for v in values) or not all(map(_is_number, texts)):
+            continue
+        whole = all(t.strip().lstrip("-").isdigit() for t in texts)
+        for r in out:
+            if isinstance(r.get(column), str):
+                r[column] = None if r[column] == "" else (int(r[column]) if whole else float(r[column]))
+    return out
+
+
 def json_twin(csv_name: str) -> str:
     """``victims-1-x.csv`` -> ``victims-1-x.json``."""
     return csv_name[:-4] + ".json" if csv_name.endswith(".csv") else csv_name + ".json"
@@ -94,7 +117,7 @@ def _attack_results(points: pd.DataFrame, commands: dict) -> list[dict]:
     for key, g in points[points["attack"] != "none"].groupby(keys, sort=True, dropna=False):
         facts = dict(zip(keys, key))
         ok = g[g["status"] == "ok"]
-        eps = math.nan if facts["eps_key"] == "unbounded" else float(facts["eps_key"])
+        eps = math.nan if facts["eps_key"] == "unbounded" else float(g["epsilon"].iloc[0])  # the key is rounded
         runs = sorted(set(g["run"]))
         out.append({
             "attack": facts["attack"], "attack_label": facts["attack_label"], "targeted": bool(facts["targeted"]),
@@ -179,6 +202,8 @@ def victim_entries(cells: pd.DataFrame, df: pd.DataFrame, robust: list[dict], co
         clean_runs = sorted(set(clean["run"]))
         protocol = {c: first[c] for c in PROTOCOL_COLUMNS if c in g and str(first[c]) != ""}
         protocol["dataset_params"] = json_dict(first["dataset_params"])
+        if protocol.get("split_fingerprint"):  # variant null: a split no registered list is
+            protocol["split_variant"] = protocol.get("split_variant") or None
         protocol.update(method=first["hashing"], hashing_params=json_dict(first["hashing_params"]),
                         backbone=first["backbone"], bits=int(first["bits"]), defense=first["defense"],
                         defense_params=json_dict(first["defense_params"]), training_data=first["train_data"],

@@ -409,7 +409,7 @@ def _write_csv(out: Path, name: str, records: list[dict]) -> str:
     """Write ``records`` as ``tables/<name>`` and its JSON twin (one object per record, numbers as numbers,
     NaN as null); returns the name (the pages link ``tables/<name>`` and ``tables/<name|json_twin>``)."""
     pd.DataFrame(records).to_csv(out / TABLES_DIR / name, index=False)
-    entries.write_json(out / TABLES_DIR / entries.json_twin(name), records)
+    entries.write_json(out / TABLES_DIR / entries.json_twin(name), entries.typed_records(records))
     return name
 
 
