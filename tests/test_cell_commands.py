@@ -9,6 +9,7 @@ import pytest
 from conftest import write_grid
 
 from benchmark.cli import expand_grid, parse_args
+from benchmark.planning.blocks import grid_blocks
 from benchmark.planning.grid import expand, grid_preset, load_preset, parse_filters
 from benchmark.planning.plan import Planner
 from benchmark.rows import base_row
@@ -106,12 +107,17 @@ def test_the_command_differs_with_the_cell(tmp_path, registry):
     assert planned_key(shortened, registry) != [plan.key]
 
 
-def test_only_grid_needs_the_axes_without_a_default():
-    with pytest.raises(ValueError, match="must name hashing, attack"):
+def test_only_grid_needs_the_axes_without_a_default(registry):
+    with pytest.raises(ValueError, match="must name hashing, bits, attack"):
         grid_preset("only", parse_filters(["dataset=fashion_mnist"]))
     preset, left = grid_preset("only", parse_filters(["dataset=fashion_mnist", "hashing=dpsh", "attack=none,pgd",
-                                                      "epsilon=8/255"]))
+                                                      "bits=16", "epsilon=8/255"]))
     assert left is None and preset["block"][0]["attack"] == ["none", "pgd"]
+    # plan's per-block listing: one block, the clean cell's ε collapsed to 0 and kept (not filtered out by ε)
+    [(title, cells)] = grid_blocks("only", registry, parse_filters(["dataset=fashion_mnist", "hashing=dpsh",
+                                                                    "attack=none,pgd", "bits=16", "epsilon=8/255"]))
+    assert title == "the --only values" and sorted((c.attack, c.epsilon) for c in cells) == [
+        ("none", 0.0), ("pgd", 8 / 255)]
 
 
 def test_setting_and_epsilon_texts_round_trip():

@@ -82,7 +82,7 @@ class Cell:
 
 
 ONLY_GRID = "only"  # --grid only: the block is the --only values (``grid_preset``)
-ONLY_NEEDS = ("dataset", "hashing", "attack")  # the axes without a default
+ONLY_NEEDS = ("dataset", "hashing", "bits", "attack")  # the axes without a default
 
 
 def grid_names() -> list[str]:
