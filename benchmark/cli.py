@@ -72,7 +72,8 @@ def common_options() -> argparse.ArgumentParser:
 def grid_options() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("grid selection")
-    group.add_argument("--grid", default="default", help="grid preset in grids/ or a .toml path (default: default)")
+    group.add_argument("--grid", default="default", help="grid preset in grids/ or a .toml path (default: default); 'only': no preset, the one block "
+                            "the --only values make (the other axes at their defaults), e.g. one cell")
     group.add_argument("--only", action="append", default=[], metavar="AXIS=V1,V2",
                        help="keep only cells whose AXIS is one of the values; repeatable")
     group.add_argument("--set", action="append", default=[], dest="settings", metavar="KIND.PLUGIN.PARAM=VALUE",
@@ -295,9 +296,10 @@ def fail(message: object) -> int:
 
 def expand_grid(args: argparse.Namespace, registry) -> list:
     """The grid's cells, with --only and --set applied; a ValueError names what is wrong."""
-    from benchmark.planning.grid import expand, load_preset, parse_filters, parse_settings
+    from benchmark.planning.grid import expand, grid_preset, parse_filters, parse_settings
 
-    return expand(load_preset(args.grid), registry, parse_filters(args.only), parse_settings(args.settings))
+    preset, filters = grid_preset(args.grid, parse_filters(args.only))
+    return expand(preset, registry, filters, parse_settings(args.settings))
 
 
 def list_plugins(args: argparse.Namespace) -> int:

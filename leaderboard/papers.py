@@ -636,6 +636,7 @@ def match(r: dict, index: dict, only_query_set: tuple[str, int] | None = None) -
             "eps": _shown_epsilon(m),
             "context": f"{m['device'] or 'device?'} · batch {m['batch_size']}" if timing else "",
             "stand_in": bool(m["_stand_in"]), "differs": differs, "seeds": len(best),
+            "runs": sorted({x["run"] for x in best}),
             "query_set": query_set(m), "dataset_label": m["dataset_label"], "paper_dataset": r["dataset"],
             "shortened": shortened(m, differs)}
 

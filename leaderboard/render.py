@@ -34,7 +34,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leaderboard import papers, plots, ranking, robustness, store
+from leaderboard import commands as cell_commands
+from leaderboard import entries, papers, plots, ranking, robustness, store
 from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, fmt_topk, isnum, parse_flags
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +55,7 @@ NUMERIC_IDENTITY = {"bits", "epsilon", "iterations", "seed"}
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["json_twin"] = entries.json_twin
     env.globals.update(css=(HERE / "static" / "style.css").read_text(),
                        js=(HERE / "static" / "table.js").read_text(), pages=PAGES)
     return env
@@ -69,12 +71,13 @@ def _flag_text(flags: str) -> tuple[str, str]:
     return ", ".join(n for n, _ in parsed), "; ".join(f"{n}: {r}" if r else n for n, r in parsed)
 
 
-def overview_rows(cells: pd.DataFrame) -> tuple[list[dict], list[dict]]:
-    """Header and row dicts of the overview table (text shown, raw value to sort by, tooltip)."""
+def overview_rows(cells: pd.DataFrame, commands: dict | None = None) -> tuple[list[dict], list[dict]]:
+    """Header and row dicts of the overview table (text shown, raw value to sort by, tooltip); ``commands``
+    ({run: {"command", "caveats"}}, ``leaderboard.commands``) gives each row the command that recomputes it."""
     headers = [{"name": h, "num": k in NUMERIC_IDENTITY} for k, h in IDENTITY_HEADERS.items()]
     headers += [{"name": h, "num": True} for h in METRIC_HEADERS.values()]
     headers += [{"name": "flags", "num": False}, {"name": "status", "num": False},
-                {"name": "error / reason", "num": False}]
+                {"name": "error / reason", "num": False}, {"name": "reproduce", "num": False}]
     rows = []
     for c in cells.to_dict("records"):
         names, reasons = _flag_text(c["flags"])
@@ -97,8 +100,17 @@ def overview_rows(cells: pd.DataFrame) -> tuple[list[dict], list[dict]]:
         out.append(_cell(names, title=reasons))
         out.append(_cell(c["status"]))
         out.append(_cell(c["error"], title=c["error"]))
-        rows.append({"cells": out, "status": c["status"], "flagged": bool(names)})
+        rows.append({"cells": out, "status": c["status"], "flagged": bool(names),
+                     **command_of((commands or {}).get(c["run"]))})
     return headers, rows
+
+
+def command_of(found: dict | None) -> dict:
+    """{"command": the shell command, "command_title": it with its caveats} ("" when there is none)."""
+    if not found:
+        return {"command": "", "command_title": ""}
+    caveats = "".join(f"\n(note: {c})" for c in found["caveats"])
+    return {"command": found["command"], "command_title": found["command"] + caveats}
 
 
 def flagged_cells(cells: pd.DataFrame) -> list[dict]:
@@ -394,8 +406,10 @@ def _slug(*parts) -> str:
 
 
 def _write_csv(out: Path, name: str, records: list[dict]) -> str:
-    """Write ``records`` as ``tables/<name>``; returns the name (the pages link ``tables/<name>``)."""
+    """Write ``records`` as ``tables/<name>`` and its JSON twin (one object per record, numbers as numbers,
+    NaN as null); returns the name (the pages link ``tables/<name>`` and ``tables/<name|json_twin>``)."""
     pd.DataFrame(records).to_csv(out / TABLES_DIR / name, index=False)
+    entries.write_json(out / TABLES_DIR / entries.json_twin(name), entries.typed_records(records))
     return name
 
 
@@ -405,7 +419,7 @@ def write_table_downloads(out: Path, paper_tables: list[dict], victims: list[dic
     (and robustness tables ``defenses_csv``). The folder is emptied first: no file of an earlier site stays."""
     folder = out / TABLES_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.csv"):
+    for old in [*folder.glob("*.csv"), *folder.glob("*.json")]:
         old.unlink()
     for t in paper_tables:
         _write_csv(out, t["csv"], papers.table_records(t))
@@ -430,6 +444,29 @@ def write_table_downloads(out: Path, paper_tables: list[dict], victims: list[dic
              "epsilon": t["epsilon"], "victims": r["victims"], "seconds_per_query": r["per_image"],
              "seconds_per_query_incl_prepare": r["amortised"], "pareto_front": r["pareto"], "device": r["device"]}
             for r in t["rows"]])
+
+
+def attach_paper_commands(tables: list[dict], commands: dict) -> None:
+    """Each measured paper value gets the commands that recompute its cells (one per seed averaged)."""
+    for t in tables:
+        for row in t["rows"]:
+            for c in row["cells"]:
+                m = c and c["measured"]
+                if m:
+                    found = [command_of(commands.get(run)) for run in m.get("runs", ())]
+                    m["command"] = "\n".join(f["command"] for f in found if f["command"])
+                    m["command_title"] = "\n".join(f["command_title"] for f in found if f["command"])
+
+
+def link_victim_entries(victims: list[dict], robust: list[dict], files: dict[str, str]) -> None:
+    """``entry`` (its victims/<id>.json) on each row of the rankings' and the robustness page's victim tables."""
+    for t in victims:
+        for r in t["rows"]:
+            r["entry"] = files.get(entries.victim_id(t["dataset"], t["bits"], t["conventions"], r["victim"]), "")
+    for t in robust:
+        for r in t["victims"]:
+            r["entry"] = files.get(entries.victim_id(t["facts"]["dataset_label"], t["facts"]["bits"], t["facts"],
+                                                     r["victim"]), "")
 
 
 def speed_context(configs: pd.DataFrame) -> dict:
@@ -469,17 +506,24 @@ def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboa
               "run_environment": robustness.environment_of(cells),
               "results_dir": str(results_dir), "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
               "counts": cells["status"].value_counts().to_dict() if len(cells) else {}}
-    headers, rows = overview_rows(cells)
+    from benchmark import Registry
+
+    commands = cell_commands.commands_by_run(cells, Registry.discover()) if len(cells) else {}
+    headers, rows = overview_rows(cells, commands)
     ref = papers.load_reference(reference_dir)
     tables = papers.paper_tables(ref, papers.measured_index(df, cells))
+    attach_paper_commands(tables, commands)
     configs = ranking.configurations(cells)
     victims = ranking.victim_tables(configs)
     robust = robustness.robustness_tables(configs, cells, cache_dir)
     budget = robustness.attack_budget_tables(configs)
     write_table_downloads(out, tables, victims, robust, budget)
+    link_victim_entries(victims, robust, entries.write_victim_entries(
+        out, entries.victim_entries(cells, df, robust, commands)))
     pages = {
         "index.html": {"headers": headers, "rows": rows, "downloads": _write_downloads(df, out),
                        "table_downloads": sorted(x.name for x in (out / TABLES_DIR).glob("*.csv")),
+                       "victims_index": entries.VICTIMS_INDEX,
                        "flagged": flagged_cells(cells),
                        "environment": store.distinct(cells, store.ENVIRONMENT),
                        "env_columns": store.ENVIRONMENT, "protocol_columns": store.PROTOCOL,

@@ -9,7 +9,8 @@ websocket client speaks, without the websocket. What the browser test needs:
 * ``errors(session)``: every uncaught exception (Runtime.exceptionThrown), ``console.error``/``assert``
   call (Runtime.consoleAPICalled) and browser error (Log.entryAdded at level error: a resource that failed
   to load, a blocked request, a CSP violation) seen in that tab;
-* ``evaluate``, ``click`` (a real mouse press and release at the element's centre), ``type_text`` (real
+* ``evaluate``, ``click`` (a real mouse press and release at the element's centre), ``hover`` (a real mouse
+  move onto it), ``type_text`` (real
   keyboard text input into the focused element) and ``screenshot`` (the whole page as PNG).
 """
 from __future__ import annotations
@@ -141,6 +142,17 @@ class Chromium:
 
     def click(self, session: str, selector: str) -> None:
         """A real left click at the centre of the first element matching ``selector``."""
+        box = self._centre(session, selector)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"], "button": "left",
+                                                   "clickCount": 1}, session)
+
+    def hover(self, session: str, selector: str) -> None:
+        """A real mouse move onto the centre of the first element matching ``selector``."""
+        box = self._centre(session, selector)
+        self.call("Input.dispatchMouseEvent", {"type": "mouseMoved", "x": box["x"], "y": box["y"]}, session)
+
+    def _centre(self, session: str, selector: str) -> dict:
         box = self.evaluate(session, f"""(() => {{
             const e = document.querySelector({json.dumps(selector)});
             if (!e) return null;
@@ -150,9 +162,7 @@ class Chromium:
         }})()""")
         if box is None:
             raise BrowserError(f"nothing matches {selector!r}")
-        for kind in ("mousePressed", "mouseReleased"):
-            self.call("Input.dispatchMouseEvent", {"type": kind, "x": box["x"], "y": box["y"], "button": "left",
-                                                   "clickCount": 1}, session)
+        return box
 
     def type_text(self, session: str, text: str) -> None:
         self.call("Input.insertText", {"text": text}, session)

@@ -165,6 +165,39 @@ def test_download_links_resolve_to_files(site, browser):
     tables = [h for h in hrefs if "/tables/" in h]
     assert len(tables) >= 5 and any(h.endswith("results.csv") for h in hrefs)
     assert any("/tables/paper-" in h for h in tables) and any("/tables/robustness-" in h for h in tables)
+    assert {h[:-5] + ".csv" for h in tables if h.endswith(".json")} == {h for h in tables if h.endswith(".csv")}
+    assert any(h.endswith("/victims.json") for h in hrefs) and any("/victims/" in h for h in hrefs)
     for href in hrefs:
         path = Path(unquote(urlparse(href).path))
         assert path.is_file() and path.stat().st_size > 0, href
+
+
+def test_hovering_a_cell_shows_the_command_that_recomputes_it_and_copy_copies_it(site, browser):
+    session = browser.open((site / "index.html").as_uri())
+    browser.hover(session, "#cells tbody tr:nth-child(3) td:nth-child(2)")  # the hashing cell: no title of its own
+    hovered = browser.evaluate(session, "(() => { const r = document.querySelector('#cells tbody tr:hover'); "
+                                        "return r && [r.title, r.cells[1].textContent, "
+                                        "r.querySelector('button.copy').getAttribute('data-command')]; })()")
+    assert hovered is not None, "the mouse is on no row"
+    title, hashing, command = hovered
+    assert title.startswith("python bench.py --grid only --only dataset=") and title.startswith(command)
+    assert f"--only hashing={hashing.split('[')[0]}" in command
+    browser.evaluate(session, "window.copiedText = null; navigator.clipboard.writeText = "
+                              "t => { window.copiedText = t; return Promise.resolve(); }")
+    browser.click(session, "#cells tbody tr:nth-child(3) button.copy")
+    assert browser.evaluate(session, "window.copiedText") == command
+    assert browser.evaluate(session, "document.querySelector('#cells tbody tr:nth-child(3) button.copy')"
+                                     ".textContent") == "copied"
+    # without the Clipboard API the hidden-textarea fallback runs, and says whether it copied
+    browser.evaluate(session, "Object.defineProperty(navigator, 'clipboard', {value: undefined})")
+    browser.click(session, "#cells tbody tr:nth-child(4) button.copy")
+    assert browser.evaluate(session, "document.querySelector('#cells tbody tr:nth-child(4) button.copy')"
+                                     ".getAttribute('data-copied')") in ("1", "0")
+    assert browser.errors(session) == []
+    session = browser.open((site / "papers.html").as_uri())
+    buttons = browser.evaluate(session, "[...document.querySelectorAll('td.v button.copy')].map(b => [b.title, "
+                                        "b.getAttribute('data-command')])")
+    measured = browser.evaluate(session, "document.querySelectorAll('td.v .meas:not(.none)').length")
+    assert measured and len(buttons) == measured
+    assert all(t.startswith("python bench.py --grid only ") and t.startswith(c) for t, c in buttons)
+    assert browser.errors(session) == []

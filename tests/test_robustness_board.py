@@ -137,7 +137,9 @@ def test_table_downloads_are_written_and_linked(robust):
     for name, _ in PAGES:
         links |= set(re.findall(r'href="(tables/[^"]+)"', (site / name).read_text()))
     files = {f"tables/{p.name}" for p in (site / "tables").glob("*.csv")}
-    assert links == files and any(f.startswith("tables/paper-") for f in files)
+    twins = {f"tables/{p.name}" for p in (site / "tables").glob("*.json")}
+    assert twins == {f[:-4] + ".json" for f in files}  # every CSV has its JSON twin, linked beside it
+    assert links == files | twins and any(f.startswith("tables/paper-") for f in files)
     for kind in ("robustness-", "defenses-", "attacks-", "victims-"):
         assert any(f.startswith(f"tables/{kind}") for f in files), kind
     robust_csv = pd.read_csv(site / next(f for f in files if f.startswith("tables/robustness-")))

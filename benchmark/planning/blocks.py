@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from benchmark.planning.grid import GRID_FOLDER, Cell, expand, load_preset
+from benchmark.planning.grid import GRID_FOLDER, ONLY_GRID, Cell, expand, grid_preset
 
 BLOCK_LINE = re.compile(r"^\s*\[\[block\]\]\s*$")
 
@@ -41,10 +41,10 @@ def grid_blocks(grid: str, registry, filters: dict | None = None,
                 settings: dict | None = None) -> list[tuple[str, list[Cell]]]:
     """(title, cells) per block of the preset, the cells as ``expand`` gives them with the filters and settings
     (a ValueError names what is wrong, as ``expand``'s do)."""
-    preset = load_preset(grid)
-    kept = set(expand(preset, registry, filters, settings))
+    preset, left = grid_preset(grid, filters)
+    kept = set(expand(preset, registry, left, settings))
     path = preset_path(grid)
-    titles = block_titles(path.read_text()) if path.is_file() else []
+    titles = block_titles(path.read_text()) if path.is_file() and grid != ONLY_GRID else ["the --only values"]
     seen: set[Cell] = set()
     blocks = []
     for number, block in enumerate(preset["block"]):

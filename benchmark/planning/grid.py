@@ -20,6 +20,10 @@ names the cell's own undefended, clean-trained victim is "self"), ``scenario`` (
 attacked queries against a clean database; with a data protection also c2c, c2a and a2a), ``train_data``
 (clean, or protected by the cell's protection), ``target_rule`` (how targeted attacks' labels are drawn)
 and ``seed`` (>= 0).
+
+``--grid only`` (``ONLY_GRID``) is no preset: its one block is the ``--only`` values themselves, the axes they do
+not name at their defaults, with ``--set``'s parameters and nothing else, so a command can name one cell whatever
+preset computed it (the leaderboard's reproduce commands: ``leaderboard/commands.py``).
 """
 from __future__ import annotations
 
@@ -77,8 +81,25 @@ class Cell:
                 f"{self.attack}{eps}{sur}{scenario}")
 
 
+ONLY_GRID = "only"  # --grid only: the block is the --only values (``grid_preset``)
+ONLY_NEEDS = ("dataset", "hashing", "bits", "attack")  # the axes without a default
+
+
 def grid_names() -> list[str]:
     return sorted(p.stem for p in GRID_FOLDER.glob("*.toml"))
+
+
+def grid_preset(grid: str, filters: dict[str, set] | None) -> tuple[dict, dict[str, set] | None]:
+    """(the preset ``--grid`` names, the filters still to apply to its cells). ``--grid only`` builds one block
+    from the filters' values, which leaves nothing to filter (a clean cell's ε collapses to 0 as in any grid)."""
+    if grid != ONLY_GRID:
+        return load_preset(grid), filters
+    missing = [axis for axis in ONLY_NEEDS if axis not in (filters or {})]
+    if missing:
+        raise ValueError(f"--grid {ONLY_GRID} builds its one block from --only, which must name "
+                         f"{', '.join(missing)} (axes without a default), e.g. --grid {ONLY_GRID} "
+                         f"--only dataset=fashion_mnist --only hashing=dpsh --only attack=pgd --only bits=32")
+    return {"block": [{axis: sorted(values, key=str) for axis, values in filters.items()}]}, None
 
 
 def load_preset(name_or_path: str) -> dict:

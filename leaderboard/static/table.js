@@ -49,4 +49,36 @@
     input.addEventListener("input", apply);
     apply();
   });
+  /* "copy command": the reproduce command onto the clipboard (a hidden textarea where the Clipboard API is
+     missing or refused, as on file:// in some browsers) */
+  function copyText(text) {
+    var area = document.createElement("textarea");
+    area.value = text;
+    area.setAttribute("readonly", "");
+    area.style.position = "fixed";
+    area.style.opacity = "0";
+    document.body.appendChild(area);
+    area.select();
+    var done = false;
+    try { done = document.execCommand("copy"); } catch (e) { done = false; }
+    document.body.removeChild(area);
+    return done;
+  }
+  function copied(button, ok) {
+    button.classList.toggle("copied", ok);
+    button.textContent = ok ? "copied" : "select and copy";
+    button.setAttribute("data-copied", ok ? "1" : "0");
+  }
+  document.querySelectorAll("button.copy").forEach(function (button) {
+    button.addEventListener("click", function (e) {
+      e.stopPropagation();
+      var text = button.getAttribute("data-command");
+      if (navigator.clipboard && navigator.clipboard.writeText) {
+        navigator.clipboard.writeText(text).then(function () { copied(button, true); },
+                                                 function () { copied(button, copyText(text)); });
+      } else {
+        copied(button, copyText(text));
+      }
+    });
+  });
 }());
