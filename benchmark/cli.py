@@ -118,7 +118,11 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
     group.add_argument("--attack-batch", type=non_negative_int, default=0, metavar="N",
-                       help="queries per attack batch (default 250 CPU, 1000 GPU)")
+                       help="queries per attack batch (default: 250 on the CPU; on a GPU sized from a probe of the "
+                            "model's activation memory and the free memory, halved on out-of-memory)")
+    group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="the attack's forwards and backwards through the model: fp32, or bf16 autocast (the "
+                            "codes stay fp32); recorded on every row and in the attack keys")
     group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
@@ -434,7 +438,8 @@ def run_grid(args: argparse.Namespace) -> int:
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
                         conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
-                        force_victims=args.force_victims, claim_timeout=args.claim_timeout)
+                        force_victims=args.force_victims, claim_timeout=args.claim_timeout,
+                        precision=args.precision)
         check_writable(args.results, "results")  # the manifest's first line goes there before any cell
         manifest = start_manifest(args, runner, cells, datetime.datetime.now(datetime.timezone.utc))
     except (ValueError, OSError) as exc:
