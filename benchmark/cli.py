@@ -165,6 +165,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-data", action="store_true",
                       help="touch no dataset: list the cells and the estimate from the dataset cards' sizes (keys "
                            "unknown); without it, a dataset that is not here is planned so too")
+    plan.add_argument("--device", default="auto",
+                      help="the device the keys are planned for, as `run --device` (its class is in the keys)")
+    plan.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                      help="the attack forwards' precision, as `run --precision` (in the attack keys)")
     commands.add_parser("leaderboard", parents=[common, results, site, cache],
                         help="render the leaderboard from the result store only",
                         description="Render the leaderboard from the result store only (--cache: the gallery's "
@@ -261,12 +265,15 @@ def plan_grid(args: argparse.Namespace) -> int:
     from benchmark.planning.estimate import H100_TFLOPS, Estimator, Work
     from benchmark.planning.grid import parse_filters, parse_settings
     from benchmark.planning.plan import Planner
+    from benchmark.running.runner import pick_device
     from benchmark.scoring.evaluate import EvaluationConventions
+    from benchmark.victim.compute import ComputeSettings
 
     registry = Registry.discover()
     try:
         blocks = grid_blocks(args.grid, registry, parse_filters(args.only), parse_settings(args.settings))
-        planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant))
+        compute = ComputeSettings.for_device(pick_device(args.device), args.precision)
+        planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant), compute)
     except ValueError as exc:
         return fail(exc)
     estimator, missing, total, counts = Estimator(registry), {}, Work(), {"stored": 0, "compute": 0, "unknown": 0}

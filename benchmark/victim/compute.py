@@ -11,7 +11,8 @@ The settings are fixed by the device and ``precision``, never read from whatever
 on CUDA, convolutions in TF32 (torch's default there) and matrix products in fp32 (its default), channels_last
 and cudnn.benchmark on (the attack's batch shape is fixed). On the CPU none of them exists, and the settings
 are plain fp32. ``bf16`` casts only the attack's forwards and backwards through the model; a victim's binary
-codes (``HashModel.codes``: a sign near 0 would flip) and every training step stay in fp32.
+codes (``HashModel.codes``: a sign near 0 would flip) and every training step stay in fp32, so the precision is in
+the attack key alone (``device_settings`` in the others).
 """
 from __future__ import annotations
 
