@@ -255,8 +255,8 @@ def list_plugins(args: argparse.Namespace) -> int:
 
 
 def plan_grid(args: argparse.Namespace) -> int:
-    """Per grid block: each cell's key and whether the store holds it, from the planner alone (no device, no
-    runner), and a model of the block's GPU-hours (benchmark/planning/estimate.py). A dataset that is not here,
+    """Per grid block: each cell's key (for ``--device``'s class and ``--precision``) and whether the store holds
+    it, from the planner alone (no runner), and a model of the block's GPU-hours (benchmark/planning/estimate.py). A dataset that is not here,
     or every dataset with --no-data, is planned from its card: the sizes its card gives, the keys unknown."""
     import dataclasses
 

@@ -34,8 +34,9 @@ def rejected(capsys, *argv: str) -> str:
     ("run", ["--grid", "--only", "--set", "--device", "--force", "--force-victims", "--executor", "--address", "--site", "--results",
              "--target-rule", "--threads", "--verbose"], ["--dry-run"]),
     ("list", ["--verbose"], ["--stale", "--results", "--grid", "--device", "--force"]),
-    ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root"],
-     ["--device", "--force", "--executor", "--address", "--cache", "--site", "--threads"]),
+    ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root", "--device",
+              "--precision"],  # the device class and precision are in the keys
+     ["--force", "--executor", "--address", "--cache", "--site", "--threads"]),
     ("leaderboard", ["--results", "--site", "--cache"], ["--force", "--grid", "--device", "--executor", "--only"]),
     ("stale", ["--results"], ["--grid", "--force", "--cache", "--dry-run"]),
     ("prune", ["--results", "--dry-run"], ["--grid", "--force", "--cache"]),

@@ -3,6 +3,7 @@ the device class and precision in the keys and on the rows, and channels_last le
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pandas as pd
 import pytest
@@ -248,3 +249,15 @@ def test_channels_last_leaves_codes_unchanged(backbone):
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert torch.equal(laid_out.codes(x), plain[0])
     assert torch.allclose(laid_out.logits(x), plain[1], atol=1e-5)
+
+
+def test_plan_prints_the_keys_of_the_precision_asked_for(tmp_path, capsys):
+    from benchmark import cli
+
+    keys = {}
+    for precision in ("fp32", "bf16"):
+        assert cli.main(["plan", "--grid", "default", "--device", "cpu", "--precision", precision,
+                         "--results", str(tmp_path)]) == 0
+        keys[precision] = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+                           if re.match(r"[0-9a-f]{20}  ", line)]
+    assert len(keys["fp32"]) == 22 and not set(keys["fp32"]) & set(keys["bf16"])

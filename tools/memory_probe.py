@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.victim.compute import MEMORY_SHARE, batch_for_memory  # noqa: E402
-from benchmark.victim.model import build_victim  # noqa: E402
+from benchmark.victim.compute import MEMORY_SHARE, batch_for_memory
+from benchmark.victim.model import build_victim
 
 MIB, GIB = 2 ** 20, 2 ** 30
 

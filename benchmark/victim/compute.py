@@ -39,7 +39,7 @@ class ComputeSettings:
             raise ValueError(f"unknown precision {self.precision!r}; accepted: {', '.join(PRECISIONS)}")
 
     @classmethod
-    def for_device(cls, device: torch.device, precision: str = "fp32") -> "ComputeSettings":
+    def for_device(cls, device: torch.device, precision: str = "fp32") -> ComputeSettings:
         if device.type != "cuda":
             return cls(device.type, precision)
         major, minor = torch.cuda.get_device_capability(device)
@@ -94,7 +94,7 @@ def batch_for_memory(free_bytes: float, per_image_bytes: float, limit: int) -> i
 
 
 def probe_attack_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, limit: int,
-                       precision: "ComputeSettings") -> int:
+                       precision: ComputeSettings) -> int:
     """On CUDA, the attack batch from the free memory and the peak memory of one forward and backward (to the
     input) of ``images`` (a few queries) through ``model``, per image; ``limit`` (the number of queries) elsewhere."""
     if device.type != "cuda":
