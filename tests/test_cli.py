@@ -58,7 +58,7 @@ def test_the_top_level_help_names_every_command(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["leaderboard", "--force"], ["leaderboard", "--grid", "nope"], ["list", "--address", "x"], ["list", "--stale"],
-    ["plan", "--device", "cuda"], ["stale", "--grid", "paper"], ["prune", "--force"],
+    ["plan", "--threads", "1"], ["stale", "--grid", "paper"], ["prune", "--force"],
 ])
 def test_another_commands_options_are_refused(capsys, argv):
     assert "unrecognized arguments" in rejected(capsys, *argv)
