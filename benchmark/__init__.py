@@ -22,6 +22,7 @@ from benchmark.data.dataset import (
                                        seeded_permutation,
 )
 from benchmark.data.images import FileImages, ImageSet, TensorImages
+from benchmark.data.layouts import folder_splits
 from benchmark.data.lists import ListSplit, load_lists, read_lists, read_split
 from benchmark.keys import HARNESS_VERSION
 from benchmark.parts.centers import center_codes
@@ -73,7 +74,7 @@ __all__ = [
     "hag_mask", "snapshot_milestones", "center_codes",
     "Dataset", "DatasetNotFound", "FileImages", "ImageSet", "Splits", "TensorImages", "data_roots", "given_data_roots",
     "one_hot", "random_split", "seeded_permutation", "ListSplit", "load_lists", "read_lists", "read_split", "Defense",
-    "lr_milestones", "probe_retrieval",
+    "lr_milestones", "probe_retrieval", "folder_splits",
     "DSDHState", "HashingMethod", "TrainContext", "TrainingDiverged", "check_finite",
     "logistic_pair_loss", "make_optimizer", "pairwise_similarity", "training_outputs", "HashModel", "binarize",
     "build_victim", "OneOf", "Plugin", "Range", "Registry",

@@ -16,6 +16,7 @@ import torch
 from benchmark.attack.stage import Attacked, attacked_queries, released_queries, target_labels
 from benchmark.data.dataset import Splits
 from benchmark.encoding.codes import Codes, clean_codes, released_codes
+from benchmark.external.victim import loaded_victim
 from benchmark.planning.plan import CellPlan
 from benchmark.rows import cell_rows
 from benchmark.scoring import flags, search
@@ -29,7 +30,7 @@ def run_cell(plan: CellPlan, s: Session) -> list[dict]:
     """Compute one cell; every row carries the cell's identity, conventions, flags and environment."""
     check_compute(plan, s)
     splits = dataset_splits(plan, s)
-    victim = trained_victim(plan.victim, splits, s)
+    victim = loaded_victim(plan.victim, splits, s) if plan.victim.loaded else trained_victim(plan.victim, splits, s)
     codes = clean_codes(plan.codes, victim, splits, s)
     targets = target_labels(plan.targets, splits, s)
     protection = needed_protection(plan, splits, s)
@@ -76,9 +77,26 @@ def dataset_splits(plan: CellPlan, s: Session) -> Splits:
             raise RuntimeError(f"dataset {dataset.name!r} here differs from the one the grid was planned on "
                                f"(fingerprint {splits.fingerprint()} vs {fingerprint}); the data folders of "
                                f"every machine must hold the same files")
+        for files in file_sets(splits):
+            files.use_cache(s.cache.root, s.cache.claim_timeout, s.cache.report_wait, s.stage)
         return splits
 
     return s.memo.get("splits", (dataset.name, dataset.params_json, fingerprint), load)
+
+
+def file_sets(splits: Splits, roles: tuple[str, ...] = ("query", "database", "train")) -> list:
+    """The split's sets read from image files (``FileImages``), each once (a query subset's base included)."""
+    found = [getattr(splits, role).file_images() for role in roles]
+    return list({id(files): files for files in found if files is not None}.values())
+
+
+def preprocess_images(plan: CellPlan, s: Session, roles: tuple[str, ...] = ("query", "database", "train")) -> int:
+    """Decode the cell's file sets of ``roles`` into the image cache now (the Ray executor's first tasks do this,
+    on CPUs, so no GPU task waits for it); returns how many sets it made or found. In-memory sets need nothing."""
+    sets = file_sets(dataset_splits(plan, s), roles)
+    for files in sets:
+        files.preprocess()
+    return len(sets)
 
 
 def needed_protection(plan: CellPlan, splits: Splits, s: Session) -> Protection | None:

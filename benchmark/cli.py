@@ -7,6 +7,9 @@
     python bench.py stale                             # stored cells computed by code that has changed since
     python bench.py prune --dry-run                   # the files prune would delete: the stale cells'
     python bench.py leaderboard                       # render leaderboard/site from results/ only
+    python bench.py splits identify DIR               # which published lists a data folder's splits are
+    python bench.py evaluate --model model.pt         # a model trained elsewhere against the standard attacks
+    python bench.py export-victim --method dpsh --backbone smallcnn_fc500 --bits 32 --grid default --out DIR
 
 `run` is the default command; `hashbench` (the console script of `pip install -e .`) is the same as
 `python bench.py`. `COMMAND --help` lists a command's own options.
@@ -155,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                               description="Compute the grid's cells not yet in the result store (every stage "
                                           "cached), then render the leaderboard.")
     add_execution_options(run)
+    run.add_argument("--adversarial-queries", default=None, metavar="FILE",
+                     help="score your own attack's output (.pt or .npy, the card's query order) against the one cell "
+                          "the grid and --only select, in place of its attack (as attack 'external')")
     commands.add_parser("list", parents=[common], help="every plugin: kind, name, paper, defaults, dataset cards",
                         description="List every plugin found: kind, name, paper, defaults, dataset cards.")
     plan = commands.add_parser("plan", parents=[common, grid, keys, results],
@@ -179,7 +185,81 @@ def build_parser() -> argparse.ArgumentParser:
     prune = commands.add_parser("prune", parents=[common, results], help="delete the stale cells' result files",
                                 description="Delete the result files that hold only stale cells (see `stale`).")
     prune.add_argument("--dry-run", action="store_true", help="list the files that would be deleted; delete none")
+    add_splits_command(commands, common)
+    add_evaluate(commands, common, results, cache, site)
+    add_export_victim(commands, common, results, cache)
     return parser
+
+
+def add_splits_command(commands, common: argparse.ArgumentParser) -> None:
+    splits = commands.add_parser("splits", parents=[common], help="a data folder's card, or which published lists "
+                                                                  "its splits are (benchmark/data/split_registry.json)",
+                                 description="card: a data folder's layout, counts, classes, labels per image, "
+                                             "relevance base rate; identify: the registered variant each split is, "
+                                             "or the nearest ones with their overlaps.")
+    splits.add_argument("action", choices=["card", "identify"])
+    splits.add_argument("folder", help="the data folder (any layout `folder` reads: see datasets/folder.py)")
+    group = splits.add_argument_group("drawn splits (an image folder or a full list only)")
+    group.add_argument("--split-seed", type=non_negative_int, default=0, metavar="N")
+    group.add_argument("--query-share", type=float, default=0.1, metavar="F")
+    group.add_argument("--train-share", type=float, default=1.0, metavar="F")
+
+
+def add_evaluate(commands, common, results, cache, site) -> None:
+    evaluate = commands.add_parser(
+        "evaluate", parents=[common, results, cache, site],
+        help="a model trained elsewhere (TorchScript, or factory + state dict) against an attack suite",
+        description="Evaluate a model trained elsewhere as a victim: it maps images in [0, 1] (N, C, H, W) to K real "
+                    "outputs, codes are their signs. Its cells are cached, stored and ranked as a trained victim's, "
+                    "keyed by the model file's content hash.")
+    group = evaluate.add_argument_group("model and evaluation")
+    group.add_argument("--model", required=True,
+                       help="a TorchScript file, or MODULE:FACTORY (or path/file.py:FACTORY) with --checkpoint")
+    group.add_argument("--checkpoint", default=None, help="the state dict loaded into FACTORY()'s module")
+    group.add_argument("--dataset", default="fashion_mnist", help="a dataset plugin (default fashion_mnist)")
+    group.add_argument("--attacks", default="standard",
+                       help="a suite in grids/suites/ (standard: none, pgd, cgat, dhta) or a comma list of attacks")
+    group.add_argument("--epsilon", default="8/255", help="L-inf budget in [0, 1] pixels (default 8/255)")
+    group.add_argument("--adversarial-queries", default=None, metavar="FILE",
+                       help="your own attack's output: .pt or .npy images in [0, 1] in the card's query order, the "
+                            "query set's shape, within --epsilon of the clean queries; scored as attack 'external'")
+    group.add_argument("--queries", type=non_negative_int, default=0, metavar="N",
+                       help="a seeded subset of N queries (the dataset's query_subset; default all)")
+    group.add_argument("--seed", type=non_negative_int, default=0, help="the cells' seed (targets, random starts)")
+    group.add_argument("--set", action="append", default=[], dest="settings", metavar="KIND.PLUGIN.PARAM=VALUE",
+                       help="override a plugin parameter, e.g. attacks.dhta.iterations=100")
+    group.add_argument("--data-root", default=None, help="folder holding the datasets (else $HASHBENCH_DATA)")
+    execution = evaluate.add_argument_group("execution")
+    execution.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
+    execution.add_argument("--attack-batch", type=non_negative_int, default=0, metavar="N",
+                           help="queries per attack batch (default 250 CPU, 1000 GPU)")
+    execution.add_argument("--threads", type=non_negative_int, default=0, metavar="N", help="CPU threads for torch")
+    execution.add_argument("--force", action="store_true", help="recompute the cells from the attack on")
+    execution.add_argument("--claim-timeout", type=positive_seconds, default=None, metavar="SECONDS",
+                           help="give up waiting for work another process holds after this long")
+    execution.add_argument("--no-leaderboard", action="store_true", help="do not render the leaderboard")
+
+
+def add_export_victim(commands, common, results, cache) -> None:
+    export = commands.add_parser(
+        "export-victim", parents=[common, results, cache],
+        help="write a cached trained victim as TorchScript plus a JSON card",
+        description="Write a trained victim from the stage cache as a TorchScript file (images in [0, 1] -> K real "
+                    "outputs) and a JSON card (method, backbone, bits, dataset, split, clean mAP, commit, keys). "
+                    "Trains nothing: a victim that is not cached is an error listing those that are.")
+    group = export.add_argument_group("victim")
+    group.add_argument("--method", required=True, help="hashing method, e.g. dpsh")
+    group.add_argument("--backbone", required=True, help="e.g. smallcnn_fc500")
+    group.add_argument("--bits", type=int, required=True)
+    group.add_argument("--dataset", default="fashion_mnist")
+    group.add_argument("--defense", default="none")
+    group.add_argument("--train-data", default="clean", choices=["clean", "protected"])
+    group.add_argument("--seed", type=non_negative_int, default=0)
+    group.add_argument("--grid", default=None, help="the grid preset whose cell trained it (its parameters are part "
+                                                    "of the victim's key), e.g. default")
+    group.add_argument("--set", action="append", default=[], dest="settings", metavar="KIND.PLUGIN.PARAM=VALUE")
+    group.add_argument("--data-root", default=None)
+    group.add_argument("--out", required=True, help="folder to write NAME.pt and NAME.json into")
 
 
 def with_default_command(argv: list[str]) -> list[str]:
@@ -195,6 +275,8 @@ def with_default_command(argv: list[str]) -> list[str]:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(with_default_command(argv))
+    if args.command == "run" and args.adversarial_queries is not None and args.executor != "local":
+        parser.error("run: --adversarial-queries runs on the local executor only")
     if args.command == "run" and args.address is not None and args.executor != "ray":
         parser.error(f"run: --address {args.address} needs --executor ray (the local executor runs every cell "
                      f"in this process)")
@@ -429,6 +511,17 @@ def run_on_cluster(runner, cells: list, args: argparse.Namespace) -> dict[str, i
     return run_on_ray(runner, cells, args.address, args.threads)
 
 
+def adversarial_queries_cell(cells: list, args: argparse.Namespace, registry):
+    """The one selected cell, its attack replaced by the file of --adversarial-queries (checked before any work)."""
+    from benchmark.api import with_adversarial_queries
+
+    if len(cells) != 1:
+        raise ValueError(f"--adversarial-queries scores one cell's victim at its epsilon; the grid and --only select "
+                         f"{len(cells)} cells (narrow them with --only, e.g. --only bits=32 --only attack=pgd "
+                         f"--only epsilon=8/255)")
+    return with_adversarial_queries(cells[0], args.adversarial_queries, registry, args.data_root)
+
+
 def run_grid(args: argparse.Namespace) -> int:
     import torch
 
@@ -442,6 +535,8 @@ def run_grid(args: argparse.Namespace) -> int:
     registry = Registry.discover()
     try:
         cells = expand_grid(args, registry)
+        if args.adversarial_queries is not None:
+            cells = [adversarial_queries_cell(cells, args, registry)]
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
                         conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
@@ -471,8 +566,61 @@ def run_grid(args: argparse.Namespace) -> int:
     return 1 if counts["error"] else 0
 
 
-COMMANDS = {"run": run_grid, "list": list_plugins, "plan": plan_grid, "leaderboard": leaderboard,
-            "stale": list_stale, "prune": prune}
+def splits_command(args: argparse.Namespace) -> int:
+    from benchmark.data.layouts import folder_card, format_card, identify_folder, identify_report, read_folder
+
+    split = {"split_seed": args.split_seed, "query_share": args.query_share, "train_share": args.train_share}
+    try:
+        if args.action == "card":
+            print(format_card(folder_card(read_folder(args.folder, **split))))
+        else:
+            print(identify_report(identify_folder(args.folder, **split)))
+    except (ValueError, OSError) as exc:
+        return fail(exc)
+    return 0
+
+
+def evaluate_model(args: argparse.Namespace) -> int:
+    import torch
+
+    from benchmark.api import evaluate, summary
+    from benchmark.running.runner import ResultsNotWritable
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        rows = evaluate(args.model, args.dataset, args.attacks, args.epsilon, checkpoint=args.checkpoint,
+                        adversarial_queries=args.adversarial_queries, queries=args.queries, settings=args.settings,
+                        seed=args.seed, results=args.results, cache=args.cache, device=args.device,
+                        data_root=args.data_root, attack_batch=args.attack_batch, force=args.force,
+                        claim_timeout=args.claim_timeout)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ResultsNotWritable, OSError, ValueError) as exc:
+        return fail(exc)
+    print(summary(rows))
+    if not args.no_leaderboard:
+        print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
+    return 1 if len(rows) and (rows["status"] != "ok").any() else 0
+
+
+def export_victim(args: argparse.Namespace) -> int:
+    from benchmark.api import export_victim as export
+
+    try:
+        card = export(args.out, args.cache, method=args.method, backbone=args.backbone, bits=args.bits,
+                      dataset=args.dataset, defense=args.defense, seed=args.seed, train_data=args.train_data,
+                      grid=args.grid, settings=args.settings, data_root=args.data_root, results=args.results)
+    except (LookupError, OSError, ValueError, RuntimeError) as exc:
+        return fail(exc)
+    print(f"wrote {Path(args.out) / card['file']} and its card {Path(args.out) / card['file'][:-3]}.json "
+          f"(clean mAP {card['clean_map']:.4f} on {card['dataset']}, split {card['split']})")
+    return 0
+
+
+COMMANDS = {"run": run_grid, "evaluate": evaluate_model, "export-victim": export_victim, "list": list_plugins,
+            "plan": plan_grid, "leaderboard": leaderboard, "stale": list_stale, "prune": prune, "splits": splits_command}
 
 
 def main(argv: list[str] | None = None) -> int:

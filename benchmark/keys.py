@@ -37,10 +37,12 @@ STAGE_CODE = {
     "prepare": ("attack",),
     "attack": ("attack",),
     "cell": ("scoring", "cell.py", "rows.py"),
+    "loaded": ("external",),   # a model trained elsewhere, loaded in place of a trained victim
 }
 OUTSIDE_STAGES = {
     "__init__.py": "re-exports the plugin API; a plugin's key follows the module each name it imports comes from",
     "keys.py": "computes the keys themselves (HARNESS_VERSION is in every key)",
+    "api.py": "the Python API (hashbench.evaluate, load_victim, export_victim): builds cells for the runner",
     "cli.py": "the command line: parses what to run and hands it to the planner and the executors",
     "session.py": "the run's configuration and memo: where stages find things, not what they compute",
     "planning": "turns grids into plans: what a plan names is in its keys",

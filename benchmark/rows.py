@@ -74,6 +74,9 @@ def base_row(plan: CellPlan, registry: Registry, attack_batch: int, train_second
         "n_query": plan.data_identity.get("n_query", 0), "n_database": plan.data_identity.get("n_database", 0),
         "n_train": plan.data_identity.get("n_train", 0),
         "data_folder": plan.data_identity.get("folder", ""),
+        # which lists the split is (benchmark/data/fingerprints.py split_identity); variant "" when unregistered
+        "split_fingerprint": str(plan.data_identity.get("split_fingerprint", "")),
+        "split_variant": str(plan.data_identity.get("split_variant", "")),
         "target_rule": cell.target_rule, **plan.conventions.as_dict(),
         "epsilon_space": "linf_pixels_0_1" if cell.epsilon is not None else "unbounded",
         "attack_params": json.dumps(attack.params(), sort_keys=True),

@@ -304,6 +304,7 @@ def measured_index(df: pd.DataFrame, cells: pd.DataFrame | None = None) -> dict:
     rows = scalar_rows(df)
     if not len(rows):
         return index
+    rows = rows.assign(run_iterations=rows.groupby("run")["iterations"].transform("max"))
     for rec in rows.to_dict("records"):
         rec = as_in_the_papers(rec)
         rec["backbone_base"] = base_backbone(rec["backbone"])
@@ -554,12 +555,42 @@ def _protection_differences(m: dict, conv: Conventions, paper_dataset: str, chec
         check("protection surrogate code length", conv.surrogate_bits[name], params.get("surrogate_bits", "not recorded"))
 
 
-def match(r: dict, index: dict) -> dict | None:
-    """The measured value for reference row ``r`` (see the module docstring), or None."""
+def query_set(m: dict) -> tuple[str, int]:
+    """The query set a measured point was scored on: its dataset label (the subset is a dataset parameter)
+    and its number of queries. The cells of one paper-table row come from one query set."""
+    return m["dataset_label"], int(m["n_query"])
+
+
+def paper_iterations(r: dict, m: dict, conv: Conventions) -> int | None:
+    """The iteration count the paper's row names for point ``m``'s attack: the row's ``iter=N``, else the
+    paper's schedule for the attack (None: the paper names none)."""
+    if r["task"].startswith("iter="):
+        return int(r["task"][5:])
+    said = conv.schedule.get(r["attack"], conv.schedule.get(m["attack"], {})).get("iterations")
+    value = said.at(r["dataset"]) if said is not None else None
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def iteration_fit(r: dict, m: dict, conv: Conventions) -> tuple[float, bool]:
+    """How well point ``m``'s iteration count answers the row (higher is better): closest to the paper's
+    count, then the run's final point. A shortened run's snapshots all differ from the paper's schedule by
+    one difference each; without this the first snapshot would win (HAG Tables III-VI: 500, not 100)."""
+    wanted_iterations = paper_iterations(r, m, conv)
+    final = m["iterations"] == m.get("run_iterations", m["iterations"])
+    if wanted_iterations is None or m["attack"] == "none":
+        return 0.0, final
+    return -abs(float(m["iterations"]) - wanted_iterations), final
+
+
+def match(r: dict, index: dict, only_query_set: tuple[str, int] | None = None) -> dict | None:
+    """The measured value for reference row ``r`` (see the module docstring), or None; ``only_query_set``
+    keeps the points of that query set only (``query_set``)."""
     w = wanted(r)
     if w is None:
         return None
     found = candidates(r, w, index)
+    if only_query_set is not None:
+        found = [m for m in found if query_set(m) == only_query_set]
     if not found:
         return None
     conv = CONVENTIONS[r["paper"]]
@@ -567,9 +598,9 @@ def match(r: dict, index: dict) -> dict | None:
     for group in configurations(found):
         m = group[0]
         differs, assumed_used = differences(r, m, conv)
-        scored.append(((not m["_stand_in"], -len(differs), m["scenario"] == w.own_scenario, len(group),
-                        max(x["created_at"] for x in group), min(x["run"] for x in group)), group, differs,
-                       assumed_used))
+        scored.append(((not m["_stand_in"], -len(differs), iteration_fit(r, m, conv), m["scenario"] == w.own_scenario,
+                        len(group), max(x["created_at"] for x in group), min(x["run"] for x in group)), group,
+                       differs, assumed_used))
     scored.sort(key=lambda s: s[0], reverse=True)
     _, best, differs, assumed_used = scored[0]
     m = best[0]
@@ -604,7 +635,26 @@ def match(r: dict, index: dict) -> dict | None:
     return {"text": text, "title": " · ".join(title), "lfl": lfl, "flagged": bool(flags),
             "eps": _shown_epsilon(m),
             "context": f"{m['device'] or 'device?'} · batch {m['batch_size']}" if timing else "",
-            "stand_in": bool(m["_stand_in"]), "differs": differs, "seeds": len(best)}
+            "stand_in": bool(m["_stand_in"]), "differs": differs, "seeds": len(best),
+            "query_set": query_set(m), "dataset_label": m["dataset_label"], "paper_dataset": r["dataset"],
+            "shortened": shortened(m, differs)}
+
+
+SETTING_DIFFERENCE = re.compile(r"^(attack|defense|victim|protection) (\w+): (.*?) \(paper: (.*?)(?:;.*)?\)$")
+
+
+def shortened(m: dict, differs: list[str]) -> list[str]:
+    """The settings of point ``m`` that differ from the paper's, each beside the paper's value and named by
+    its plugin: "dhta iterations 300 (paper 2000)"."""
+    owner = {"attack": m["attack"], "defense": m["defense"], "victim": m["hashing"],
+             "protection": m.get("protection", m["defense"])}
+    out = []
+    for text in differs:
+        hit = SETTING_DIFFERENCE.match(text)
+        if hit:
+            kind, key, value, paper = hit.groups()
+            out.append(f"{owner[kind]} {key} {value} (paper {paper})")
+    return out
 
 
 def _shown_epsilon(m: dict) -> str:
@@ -670,24 +720,57 @@ def paper_tables(ref: pd.DataFrame, index: dict) -> list[dict]:
         common = [c for c in t["note"].iloc[0].split("; ") if c and all(c in s for s in clause_sets)]
         rows: dict = {}
         measured = lfl = stand_in = 0
-        for rec in t.to_dict("records"):
+        records = t.to_dict("records")
+        chosen_sets = row_query_sets(records, row_fields, index)
+        stand_ins: dict = {}
+        settings: dict = {}
+        for rec in records:
             rkey = tuple(rec[f] for f in row_fields)
             row = rows.setdefault(rkey, {"labels": [rec[f] for f in shown], "cells": [None] * len(col_keys)})
-            m = match(rec, index)
+            m = match(rec, index, chosen_sets.get(rkey))
+            if m is not None and m["stand_in"]:
+                stand_ins.setdefault(m["dataset_label"], set()).add(rec["dataset"])
+            for text in (m["shortened"] if m else []):
+                settings[text] = None
             measured += m is not None
             lfl += bool(m and m["lfl"])
             stand_in += bool(m and m["stand_in"])
             note = "; ".join(c for c in rec["note"].split("; ") if c not in common)
             unit = "" if rec["unit"] == "fraction" or "unit" in col_fields else rec["unit"]
+            missing = ""
+            if m is None:
+                missing = why_unmatched(rec, index)
+                if chosen_sets.get(rkey) and match(rec, index) is not None:
+                    label, n = chosen_sets[rkey]
+                    missing = (f"not measured on this row's query set ({label}, {n} queries): a row's values "
+                               "come from one query set; another set has this cell")
             row["cells"][col_keys.index(tuple(rec[f] for f in col_fields))] = {
-                "value": rec["value"], "unit": unit, "note": note, "measured": m,
-                "missing": "" if m else why_unmatched(rec, index)}
+                "value": rec["value"], "unit": unit, "note": note, "measured": m, "missing": missing}
         tables.append({
-            "id": f"{paper}-{number}", "paper": paper, "paper_name": PAPERS.get(paper, paper), "table": number,
+            "id": f"{paper}-{number}", "csv": f"paper-{paper}-{number}.csv", "paper": paper, "paper_name": PAPERS.get(paper, paper), "table": number,
             "caption": caption, "row_fields": shown, "rows": list(rows.values()), "n": len(t),
             "columns": [" · ".join(_column_label(f, v) for f, v in zip(col_fields, k) if v) for k in col_keys],
-            "common_note": "; ".join(common), "measured": measured, "lfl": lfl, "stand_in": stand_in})
+            "common_note": "; ".join(common), "measured": measured, "lfl": lfl, "stand_in": stand_in,
+            "stand_ins": [f"{label} for {', '.join(sorted(papers_))}" for label, papers_ in sorted(stand_ins.items())]
+            or [f"{name} for {', '.join(sorted(set(t.loc[t['dataset'].map(STAND_IN) == name, 'dataset'])))} "
+                "(none measured yet)" for name in sorted(set(t["dataset"].map(STAND_IN).dropna()))],
+            "query_sets": sorted({f"{label} ({n} queries)" for label, n in chosen_sets.values()}),
+            "shortened": list(settings)})
     return tables
+
+
+def row_query_sets(records: list[dict], row_fields: list[str], index: dict) -> dict:
+    """Per table row: the one query set its measured values come from, the set that answers most of the
+    row's cells (ties: more queries, then the label), so that a row never mixes, e.g., a 50-query timing
+    block with a 200-query block. Rows no cell answers are absent."""
+    counts: dict = defaultdict(lambda: defaultdict(int))
+    for rec in records:
+        w = wanted(rec)
+        if w is None:
+            continue
+        for qs in {query_set(m) for m in candidates(rec, w, index)}:
+            counts[tuple(rec[f] for f in row_fields)][qs] += 1
+    return {rkey: max(sets, key=lambda qs: (sets[qs], qs[1], qs[0])) for rkey, sets in counts.items()}
 
 
 def _fmt_value(v) -> str:
@@ -735,4 +818,22 @@ def conventions_table() -> list[dict]:
                     "backbones": [{"text": ", ".join(f"{d}: {b}" for d, b in c.default_backbone.items()),
                                    "where": "", "assumed": False, "silent": False}],
                     "silent": list(c.silent)})
+    return out
+
+
+def table_records(table: dict) -> list[dict]:
+    """A paper table as download rows: one per paper value, with the measured value beside it."""
+    out = []
+    for row in table["rows"]:
+        for column, c in zip(table["columns"], row["cells"]):
+            if not c:
+                continue
+            m = c["measured"]
+            out.append({**dict(zip(table["row_fields"], row["labels"])), "column": column,
+                        "paper_value": c["value"], "unit": c["unit"], "measured": m["text"] if m else "",
+                        "epsilon": m["eps"] if m else "", "like_for_like": bool(m and m["lfl"]),
+                        "stand_in": m["dataset_label"] if m and m["stand_in"] else "",
+                        "query_set": f"{m['query_set'][0]} ({m['query_set'][1]} queries)" if m else "",
+                        "shortened": "; ".join(m["shortened"]) if m else "",
+                        "differs": "; ".join(m["differs"]) if m else c["missing"]})
     return out

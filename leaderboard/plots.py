@@ -5,6 +5,7 @@ template from the same series (``style`` gives each series its colour and dash p
 """
 from __future__ import annotations
 
+import itertools
 import math
 from html import escape
 
@@ -98,6 +99,61 @@ def line_chart(series: list[dict], xlabel: str, ylabel: str, ylim: tuple[float, 
         if len(pts) <= 30:
             out.extend(f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="2.2"/>' for x, y in pts)
         out.append("</g>")
+    out.append("</svg>")
+    return "".join(out)
+
+
+def scatter_chart(points: list[dict], xlabel: str, ylabel: str) -> str:
+    """SVG scatter of ``points`` (dicts with ``label``, ``x`` > 0, ``y``, ``front``: on the Pareto front) on a
+    log x axis; the front's points are filled and joined by a step line, the others hollow; each point is
+    labelled (escaped)."""
+    if not points:
+        return ""
+    xs, ys = [p["x"] for p in points], [p["y"] for p in points]
+    x0, x1 = math.log10(min(xs)), math.log10(max(xs))
+    if x1 - x0 < 1e-9:
+        x0, x1 = x0 - 0.5, x1 + 0.5
+    x0, x1 = x0 - 0.05 * (x1 - x0), x1 + 0.05 * (x1 - x0)
+    y0, y1 = min(0.0, min(ys)), max(ys)
+    if y1 - y0 < 1e-9:
+        y1 = y0 + 0.1
+    y1 += 0.08 * (y1 - y0)
+    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+
+    def px(v):
+        return LEFT + (math.log10(v) - x0) / (x1 - x0) * pw
+
+    def py(v):
+        return TOP + (1 - (v - y0) / (y1 - y0)) * ph
+
+    out = [(f'<svg viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img" '
+            f'aria-label="{escape(ylabel)} against {escape(xlabel)}" class="chart scatter">'),
+           f'<rect x="{LEFT}" y="{TOP}" width="{pw}" height="{ph}" class="plot"/>']
+    for e in range(math.floor(x0), math.ceil(x1) + 1):
+        if x0 <= e <= x1:
+            x = px(10.0 ** e)
+            out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + ph}" class="grid"/>'
+                       f'<text x="{x:.1f}" y="{TOP + ph + 14}" text-anchor="middle">{escape(fmt_tick(10.0 ** e))}</text>')
+    for t in nice_ticks(y0, y1):
+        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
+                   f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{escape(fmt_tick(t))}</text>')
+    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="axis">{escape(xlabel)}</text>'
+               f'<text transform="translate(12 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
+               f'class="axis">{escape(ylabel)}</text>')
+    front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
+    if len(front) > 1:
+        steps = [f"{px(front[0]['x']):.1f},{py(front[0]['y']):.1f}"]
+        for a, b in itertools.pairwise(front):
+            steps += [f"{px(b['x']):.1f},{py(a['y']):.1f}", f"{px(b['x']):.1f},{py(b['y']):.1f}"]
+        out.append(f'<polyline points="{" ".join(steps)}" fill="none" stroke="#d62728" class="series front"/>')
+    for p in points:
+        colour = "#d62728" if p["front"] else "#1f77b4"
+        fill = colour if p["front"] else "white"
+        out.append(f'<g class="{"front" if p["front"] else "dominated"}"><title>{escape(p["label"])}: '
+                   f'{p["y"]:.4f} at {p["x"]:.3g} s{" (Pareto front)" if p["front"] else ""}</title>'
+                   f'<circle cx="{px(p["x"]):.1f}" cy="{py(p["y"]):.1f}" r="4" stroke="{colour}" fill="{fill}"/>'
+                   f'<text x="{px(p["x"]) + 6:.1f}" y="{py(p["y"]) - 5:.1f}" class="pointlabel">'
+                   f'{escape(p["label"][:28])}</text></g>')
     out.append("</svg>")
     return "".join(out)
 

@@ -1,18 +1,18 @@
-"""Rankings: victims by robustness, attacks by damage per unit of time, and ProS-GAN's speed beside DHTA's.
+"""Rankings: victims by their worst case at each ε, and ProS-GAN's speed beside DHTA's.
 
 Everything starts from ``configurations``: the points of the store (current code only) averaged over the
 seeds of otherwise identical cells, never across conventions, parameters or cut-offs. Only white-box
-(surrogate ``self``) attacks on clean-vs-clean retrieval (scenario a2c) rank victims and attacks; a victim
-is hashing method x backbone x defense x training data, ranked per dataset, code length and evaluation
-conventions (an unbounded attack is an ε column of its own, not a table). A value that was not measured is
-missing (shown as such), never zero.
+(surrogate ``self``) attacks on clean-vs-clean retrieval (scenario a2c) rank victims; a victim is hashing
+method x backbone x defense x training data, ranked per dataset, code length and evaluation conventions (an
+unbounded attack is an ε column of its own, not a table). A value that was not measured is missing (shown as
+such), never zero.
 
 * Victims: for each ε, the worst mAP over the untargeted attacks run at that ε and the worst (highest) t-MAP
   over the targeted ones, with the clean mAP beside them. The default order is the worst mAP at the first ε
   column (ties: clean mAP); "k of n" says over how many of the attacks seen at that ε the worst was taken.
-* Attacks: damage per query-second. Damage is the mAP drop from the victim's clean queries (untargeted) or
-  the t-MAP gain over them (targeted), averaged over the victims attacked; time is the attack's seconds per
-  query plus its preparation amortised over the cell's queries (prepare / n_query). Ranked per device.
+  The curves over one common attack suite, and attacks ranked by damage at equal budget, are
+  ``leaderboard.robustness``'s.
+* ProS-GAN beside DHTA at 2000 iterations: per victim, query set and device that has both.
 """
 from __future__ import annotations
 
@@ -133,50 +133,6 @@ def victim_tables(configs: pd.DataFrame) -> list[dict]:
     return tables
 
 
-def attack_tables(configs: pd.DataFrame) -> list[dict]:
-    """Per dataset, code length, conventions and device: attacks ranked by damage per query-second."""
-    if not len(configs):
-        return []
-    white = configs[(configs["surrogate"] == "self") & (configs["scenario"] == "a2c")]
-    clean = white[white["attack"] == "none"].set_index(TABLE + VICTIM)
-    attacked = white[(white["attack"] != "none") & white["final"]]
-    tables = []
-    for key, t in attacked.groupby(TABLE + ["device"], sort=True, dropna=False):
-        rows = []
-        for (name, eps_key, targeted), a in t.groupby(["attack_label", "eps_key", "targeted"], sort=True, dropna=False):
-            metric = "tmap" if targeted else "map"
-            damages = []
-            for c in a.to_dict("records"):
-                base_key = tuple(c[k] for k in TABLE + VICTIM)
-                base = clean.loc[[base_key]] if base_key in clean.index else None
-                if base is None or not base[metric].notna().any() or not isnum(c[metric]):
-                    continue
-                reference = float(base[metric].mean())
-                damages.append(c[metric] - reference if targeted else reference - c[metric])
-            per_image = float(a["seconds_per_image"].mean())
-            prepare = float(a["prepare_seconds"].mean()) if a["prepare_seconds"].notna().any() else 0.0
-            n_query = int(a["n_query"].max())
-            amortised = per_image + (prepare / n_query if n_query else np.nan) if isnum(per_image) else np.nan
-            damage = float(np.mean(damages)) if damages else np.nan
-            rate = damage / amortised if isnum(damage) and isnum(amortised) and amortised > 0 else np.nan
-            rows.append({"attack": name, "epsilon": fmt_epsilon(np.nan if eps_key == "unbounded" else float(eps_key)),
-                         "eps_sort": _eps_order(eps_key), "kind": "t-MAP gain" if targeted else "mAP drop",
-                         "targeted": bool(targeted), "victims": len(damages), "attacked": len(a),
-                         "iterations": ", ".join(str(i) for i in sorted(set(a["iterations"]))),
-                         "damage": damage, "damage_text": fmt_metric("map", damage),
-                         "per_image": per_image, "per_image_text": fmt_seconds(per_image),
-                         "prepare": prepare, "prepare_text": fmt_seconds(prepare), "n_query": n_query,
-                         "amortised": amortised, "amortised_text": fmt_seconds(amortised),
-                         "rate": rate, "rate_text": f"{rate:.4g}" if isnum(rate) else "missing",
-                         "batch_size": int(a["batch_size"].max()),
-                         "flags": "; ".join(dict.fromkeys(f for f in a["flags"] if f))})
-        rows.sort(key=lambda r: (r["targeted"], 0 if isnum(r["rate"]) else 1, -(r["rate"] if isnum(r["rate"]) else 0)))
-        facts = dict(zip(TABLE + ["device"], key))
-        tables.append({"dataset": facts["dataset_label"], "bits": facts["bits"], "device": facts["device"] or "device?",
-                       "conventions": {k: facts[k] for k in TABLE_CONVENTIONS if facts[k]}, "rows": rows})
-    return tables
-
-
 SLOW, FAST, SLOW_ITERATIONS = "dhta", "prosgan", 2000
 
 
@@ -202,6 +158,8 @@ def speed_comparison(configs: pd.DataFrame) -> list[dict]:
         row.update(
             slow_label=", ".join(sorted(set(s["attack_label"]))) or f"{SLOW} at {SLOW_ITERATIONS} iterations: missing",
             fast_label=", ".join(sorted(set(f["attack_label"]))) or f"{FAST}: missing",
+            slow_short=", ".join(sorted(set(s["attack"]))) or "missing",
+            fast_short=", ".join(sorted(set(f["attack"]))) or "missing",
             slow=s_sec, fast=f_sec, prepare=prepare, n_query=n_query, amortised=amortised,
             slow_batch=", ".join(str(b) for b in sorted(set(s["batch_size"]))) or "—",
             fast_batch=", ".join(str(b) for b in sorted(set(f["batch_size"]))) or "—",

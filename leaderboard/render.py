@@ -5,8 +5,11 @@
 
 or ``from leaderboard.render import render; render("results")``. Pages: index.html (every cell, sortable and
 filterable, flags beside the values, the flagged cells listed, the runs' environment and the downloads
-results.csv / results.parquet), rankings.html (victims by worst-case mAP / t-MAP, attacks by damage per
-second), timing.html, curves.html, gallery.html (from the cached gallery records) and papers.html. CSS and
+results.csv / results.parquet and the per-table CSVs of ``tables/``), rankings.html (victims by worst-case mAP /
+t-MAP, attacks by damage at equal budget with a damage-time scatter), robustness.html (curves over one common
+attack suite, the per-query worst case from the cache's per-query APs, defenses as gains), timing.html,
+curves.html, gallery.html (from the cached gallery records) and papers.html. Every page names the device,
+threads, commit and dates of the runs it shows. CSS and
 JS are inlined and images are local PNG files, so each page works from file:// with no network. Every string
 from the data or a plugin goes through jinja2's autoescape (SVG text through ``html.escape``).
 
@@ -31,12 +34,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from leaderboard import papers, plots, ranking, store
+from leaderboard import papers, plots, ranking, robustness, store
 from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, fmt_topk, isnum, parse_flags
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_DIR = HERE / "reference"
-PAGES = [("index.html", "Overview"), ("rankings.html", "Rankings"), ("timing.html", "Timing"),
+PAGES = [("index.html", "Overview"), ("rankings.html", "Rankings"), ("robustness.html", "Robustness"),
+         ("timing.html", "Timing"),
          ("curves.html", "Curves"), ("gallery.html", "Gallery"), ("papers.html", "Papers")]
 METRIC_HEADERS = {"map": "mAP", "tmap": "t-MAP", "map_tie_aware": "mAP (tie-aware)",
                   "perceptibility": "perceptibility", "linf": "L∞", "seconds_per_image": "s / image"}
@@ -382,6 +386,64 @@ def _write_downloads(df: pd.DataFrame, out: Path) -> bool:
     return True
 
 
+TABLES_DIR = "tables"  # the per-table CSV downloads, beside the pages
+
+
+def _slug(*parts) -> str:
+    return SAFE_NAME.sub("_", "-".join(str(p) for p in parts if str(p) != ""))[:120]
+
+
+def _write_csv(out: Path, name: str, records: list[dict]) -> str:
+    """Write ``records`` as ``tables/<name>``; returns the name (the pages link ``tables/<name>``)."""
+    pd.DataFrame(records).to_csv(out / TABLES_DIR / name, index=False)
+    return name
+
+
+def write_table_downloads(out: Path, paper_tables: list[dict], victims: list[dict], robust: list[dict],
+                          attacks: list[dict]) -> None:
+    """One CSV per paper table (measured beside the paper) and per ranking; each table dict gets its ``csv``
+    (and robustness tables ``defenses_csv``). The folder is emptied first: no file of an earlier site stays."""
+    folder = out / TABLES_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.csv"):
+        old.unlink()
+    for t in paper_tables:
+        _write_csv(out, t["csv"], papers.table_records(t))
+    for i, t in enumerate(victims, 1):
+        t["csv"] = _write_csv(out, f"victims-{i}-{_slug(t['dataset'], t['bits'])}.csv", [
+            {"rank": r["rank"], **r["victim"], "clean_map": r["clean"],
+             **{c["header"]: x["value"] for c, x in zip(t["columns"], r["cells"])},
+             **{c["header"] + " attack": x["attack"] for c, x in zip(t["columns"], r["cells"])}} for r in t["rows"]])
+    for i, t in enumerate(robust, 1):
+        t["csv"] = _write_csv(out, f"robustness-{i}-{_slug(t['facts']['dataset_label'], t['facts']['bits'])}.csv", [
+            {"rank": r["rank"], **r["victim"], "clean_map": r["clean"], "area": r["area"], "area_kind": r["area_kind"],
+             "suite": " + ".join(t["suite"]),
+             **{f"worst_of_means {p['eps_text']}": p["worst_mean"] for p in r["points"]},
+             **{f"per_query_worst {p['eps_text']}": p["per_query"] for p in r["points"]}} for r in t["victims"]])
+        t["defenses_csv"] = _write_csv(
+            out, f"defenses-{i}-{_slug(t['facts']['dataset_label'], t['facts']['bits'])}.csv",
+            [{"defense": d["defense"], "victim": d["victim"], "clean_cost": d["cost"],
+              **{f"gain {g['eps_text']}": g["gain"] for g in d["gains"]}} for d in t["defenses"]])
+    for i, t in enumerate(attacks, 1):
+        t["csv"] = _write_csv(out, f"attacks-{i}-{_slug(t['dataset'], t['bits'], t['epsilon'], t['kind'])}.csv", [
+            {"rank": r["rank"], "attack": r["attack"], "damage": r["damage"], "kind": t["kind"],
+             "epsilon": t["epsilon"], "victims": r["victims"], "seconds_per_query": r["per_image"],
+             "seconds_per_query_incl_prepare": r["amortised"], "pareto_front": r["pareto"], "device": r["device"]}
+            for r in t["rows"]])
+
+
+def speed_context(configs: pd.DataFrame) -> dict:
+    """The ProS-GAN / DHTA-2000 rows that have both attacks, and a line for each victim that has only one."""
+    rows = ranking.speed_comparison(configs)
+    paired = [r for r in rows if isnum(r["slow"]) and isnum(r["fast"])]
+    unpaired = [f"{r['hashing_label']} {r['backbone']} {r['bits']} bits"
+                + (f" + {r['defense_label']}" if r["defense_label"] != "none" else "")
+                + f" on {r['dataset_label']} ({r['device'] or 'device?'}): "
+                + (f"no {ranking.SLOW} at {ranking.SLOW_ITERATIONS} iterations" if not isnum(r["slow"])
+                   else f"no {ranking.FAST}") for r in rows if r not in paired]
+    return {"speed": paired, "speed_unpaired": unpaired}
+
+
 def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboard/site",
            reference_dir: str | Path = REFERENCE_DIR, strict: bool = False,
            code_root: str | Path | None = store.REPO_ROOT, cache_dir: str | Path | None = None) -> Path:
@@ -404,21 +466,29 @@ def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboa
     notices = [f"{len(stale)} stale cell(s) not shown: their code changed since they ran "
                f"(python bench.py stale --results {results_dir} lists them)"] if len(stale) else []
     common = {"warnings": problems + gallery_problems, "notices": notices, "n_cells": len(cells),
+              "run_environment": robustness.environment_of(cells),
               "results_dir": str(results_dir), "generated": datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
               "counts": cells["status"].value_counts().to_dict() if len(cells) else {}}
     headers, rows = overview_rows(cells)
     ref = papers.load_reference(reference_dir)
     tables = papers.paper_tables(ref, papers.measured_index(df, cells))
     configs = ranking.configurations(cells)
+    victims = ranking.victim_tables(configs)
+    robust = robustness.robustness_tables(configs, cells, cache_dir)
+    budget = robustness.attack_budget_tables(configs)
+    write_table_downloads(out, tables, victims, robust, budget)
     pages = {
         "index.html": {"headers": headers, "rows": rows, "downloads": _write_downloads(df, out),
+                       "table_downloads": sorted(x.name for x in (out / TABLES_DIR).glob("*.csv")),
                        "flagged": flagged_cells(cells),
                        "environment": store.distinct(cells, store.ENVIRONMENT),
                        "env_columns": store.ENVIRONMENT, "protocol_columns": store.PROTOCOL,
                        "protocols": store.distinct(df.drop_duplicates("cell"), store.PROTOCOL) if len(df) else []},
-        "rankings.html": {"victims": ranking.victim_tables(configs), "attacks": ranking.attack_tables(configs),
-                          "ranking_doc": ranking.__doc__},
-        "timing.html": {"groups": timing_groups(cells), "speed": ranking.speed_comparison(configs)},
+        "rankings.html": {"victims": victims, "attacks": budget, "ranking_doc": ranking.__doc__,
+                          "budget_doc": robustness.__doc__},
+        "robustness.html": {"tables": robust, "robustness_doc": robustness.__doc__,
+                            "cache_dir": str(cache_dir) if cache_dir is not None else ""},
+        "timing.html": {"groups": timing_groups(cells), **speed_context(configs)},
         "curves.html": {"sections": curve_sections(df, cells) + training_sections(cells, cache_dir)},
         "gallery.html": {"sections": gallery},
         "papers.html": {"tables": tables, "papers_doc": papers.__doc__, "conventions": papers.conventions_table()},

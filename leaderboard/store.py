@@ -56,7 +56,7 @@ STRING_COLUMNS = ["dataset", "dataset_label", "hashing", "hashing_label", "backb
                   "flags", "sources", "target_rule", "tie_rule", "search_backend", "zero_relevant", "epsilon_space",
                   "ap_denominator", "relevance", "attack_params", "hashing_params", "defense_params",
                   "dataset_params", "device", "torch", "faiss", "git_commit", "harness_version", "python",
-                  "created_at", "cell_key", "victim_key"]
+                  "created_at", "cell_key", "victim_key", "split_fingerprint", "split_variant"]
 # attack_params keys that hold the number of optimisation steps per query (rows without an ``iterations`` column)
 ITERATION_KEYS = ("iterations", "iteration", "iters", "n_iter", "num_iter", "steps", "num_steps")
 # rows written before the ``targeted`` column existed: the targeted attacks of the four papers

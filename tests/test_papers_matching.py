@@ -186,3 +186,52 @@ def test_target_code_rows_take_the_papers_cut_off(tmp_path):
     m = matched(tmp_path, rows, paper="prosgan", table="1", dataset="nuswide", bits="32", metric="anchor_code_tmap")
     assert m["text"] == "0.7800"  # ProS-GAN: over the whole database
     assert "ε:" not in m["title"] and "attack iterations" not in m["title"]  # no perturbation in a target code
+
+
+MOSAIC = {"dataset": "fashion_mnist_mosaic", "backbone": "smallcnn_fc500", "n_query": 200,
+          "dataset_label": "fashion_mnist_mosaic[query_subset=200]"}
+
+
+def test_a_shortened_runs_snapshot_is_the_one_nearest_the_papers_iteration_count(tmp_path):
+    """HAG Table IV names the finished 2000-iteration attack: of a 500-iteration run's five snapshots (each one
+    difference from the paper's schedule), the 500-iteration one stands for it, not the first written."""
+    hag = {**MOSAIC, "hashing": "dph", "hashing_label": "dph", "bits": 32, "attack": "hag", "attack_label": "hag",
+           "epsilon": 0.039, "cell_key": "hagrun", "attack_params": json.dumps({"iterations": 500})}
+    rows = []
+    for iterations, value in ((100, 0.86), (200, 0.855), (300, 0.853), (400, 0.851), (500, 0.85)):
+        rows += cell_rows({"map": (value, 1000)}, **hag, iterations=iterations)
+    m = matched(tmp_path, rows, paper="hag", table="IV", dataset="mscoco", bits="32",
+                task="source=DPH-VGG16(r1),target=DPH-VGG16")
+    assert m["text"] == "0.8500", m["title"]
+    assert "iterations 500" in m["title"] and "hag iterations 500 (paper 2000)" in m["shortened"]
+
+
+def test_a_paper_table_row_takes_its_values_from_one_query_set(tmp_path):
+    """ProS-GAN Table 1's DHTA row: the 200-query block has 12 and 32 bits; the 50-query timing block only
+    32 bits, at the paper's 2000 iterations (one difference fewer). The row shows the 200-query block in both
+    columns, never the 50-query value beside the 200-query one."""
+    dhta = {"dataset": "fashion_mnist_mosaic", "backbone": "smallcnn_fc500", "attack": "dhta",
+            "attack_label": "dhta", "epsilon": 8 / 255, "targeted": True, "target_rule": "any"}
+    block200 = {"dataset_label": "fashion_mnist_mosaic[query_subset=200]", "n_query": 200,
+                "attack_params": json.dumps({"iterations": 300})}
+    block50 = {"dataset_label": "fashion_mnist_mosaic[query_subset=50]", "n_query": 50,
+               "attack_params": json.dumps({"iterations": 2000})}
+    rows = cell_rows({"tmap": 0.61}, **dhta, **block200, bits=12)
+    rows += cell_rows({"tmap": 0.62}, **dhta, **block200, bits=32)
+    rows += cell_rows({"tmap": 0.76}, **dhta, **block50, bits=32, created_at="2025-01-02T03:04:06")
+    df, _ = store.read_results(write_cells(tmp_path, rows))
+    ref = papers.load_reference(papers.Path(papers.__file__).parent / "reference")
+    table = papers.paper_tables(ref[(ref["paper"] == "prosgan") & (ref["table"] == "1")],
+                                papers.measured_index(df))[0]
+    # the DHTA t-MAP cells of the FLICKR-25K stand-in at 12 and 32 bits
+    shown = [c["measured"]["text"] for r in table["rows"] for c in r["cells"]
+             if c and c["measured"] and r["labels"][table["row_fields"].index("attack")] == "dhta"
+             and r["labels"][table["row_fields"].index("metric")] == "tmap"]
+    assert shown and set(shown) == {"0.6100", "0.6200"}, shown
+    assert "0.7600" not in shown
+    assert table["query_sets"] and all("200 queries" in q for q in table["query_sets"]), table["query_sets"]
+    assert any("stands in" in x or "for flickr25k" in x for x in table["stand_ins"]), table["stand_ins"]
+    assert "dhta iterations 300 (paper 2000)" in table["shortened"]
+    # the 50-query block is still a matching configuration of that cell on its own
+    row = reference_row(paper="prosgan", table="1", dataset="flickr25k", bits="32", attack="dhta", metric="tmap")
+    assert papers.match(row, papers.measured_index(df))["text"] == "0.7600"

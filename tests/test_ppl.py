@@ -258,3 +258,71 @@ def test_a_surrogate_at_chance_flags_the_protection(ppl_class, fashion_splits):
     ppl.check_surrogate(fashion_splits.train, ctx, probe_images=400)
     assert "surrogate_at_chance" in ctx.info["flags"]
     assert ctx.info["surrogate_probe"]["at_chance"]
+
+
+class Stopped(Exception):
+    """A run killed right after it saved a checkpoint."""
+
+
+def test_a_stopped_game_goes_on_from_its_checkpoint_bit_for_bit(ppl_class, fashion_splits, monkeypatch):
+    plugin_globals = ppl_class.prepare_protection.__globals__
+    monkeypatch.setitem(plugin_globals, "CHECKPOINT_EVERY", 4)
+    monkeypatch.setitem(plugin_globals, "PROBE_EVERY", 5)
+    train = fashion_splits.train.subset(range(100))  # 7 batches of 16 an epoch: the stop at 8 is in epoch 2
+    settings = {"iterations": 11, "batch_size": 16, "width": 4}
+
+    def game(resumed=None, stop_at=None):
+        ppl, saved = ppl_class.configure(settings), []
+
+        def save(state):
+            saved.append(copy.deepcopy(state))
+            if state["iteration"] == stop_at:
+                raise Stopped
+        ctx = TrainContext(torch.device("cpu"), torch.Generator().manual_seed(0), 10, resumed=resumed,
+                           save_checkpoint=save)
+        try:
+            ppl.prepare_protection(train, ctx)
+        except Stopped:
+            pass
+        return ppl, ctx, saved
+
+    whole, whole_ctx, whole_saved = game()
+    assert [state["iteration"] for state in whole_saved] == [4, 8]
+    _, _, stopped_saved = game(stop_at=8)
+    resumed, resumed_ctx, _ = game(resumed=stopped_saved[-1])
+    for name, value in whole.state_dict()["generator"].items():
+        assert torch.equal(value, resumed.state_dict()["generator"][name]), name
+    for name, value in whole.state_dict()["surrogate"].items():
+        assert torch.equal(value, resumed.state_dict()["surrogate"][name]), name
+    assert resumed_ctx.info["ppl_losses"] == whole_ctx.info["ppl_losses"]
+    assert [p["iteration"] for p in resumed_ctx.info["ppl_surrogate_probe"]] == [5, 10, 11]
+    # and a resume from a checkpoint of the wrong epoch position would not match: the stream's place matters
+    shifted = copy.deepcopy(stopped_saved[-1])
+    shifted["epoch"]["done"] -= 1
+    other, _, _ = game(resumed=shifted)
+    assert any(not torch.equal(value, whole.state_dict()["generator"][name])
+               for name, value in other.state_dict()["generator"].items())
+
+
+def test_the_harness_keeps_a_trainings_checkpoints_until_it_is_stored(registry, tmp_path):
+    from benchmark.session import Session
+    from benchmark.victim.train import drop_checkpoint, resumable
+
+    session = Session.start(registry, tmp_path, torch.device("cpu"))
+    fresh = TrainContext(torch.device("cpu"), torch.Generator(), 10)
+    assert resumable(fresh, "protections", "k1", session) == 0.0 and fresh.resumed is None
+    fresh.save_checkpoint({"iteration": 200})
+    again = TrainContext(torch.device("cpu"), torch.Generator(), 10)
+    assert resumable(again, "protections", "k1", session) >= 0.0
+    assert again.resumed == {"iteration": 200} and again.info["training_runs"] == 2
+    other_key = TrainContext(torch.device("cpu"), torch.Generator(), 10)
+    resumable(other_key, "protections", "k2", session)
+    assert other_key.resumed is None
+    forced = Session.start(registry, tmp_path, torch.device("cpu"), recompute=frozenset({"protections"}))
+    under_force = TrainContext(torch.device("cpu"), torch.Generator(), 10)
+    resumable(under_force, "protections", "k1", forced)
+    assert under_force.resumed is None  # --force-victims trains afresh
+    drop_checkpoint("protections", "k1", session)
+    last = TrainContext(torch.device("cpu"), torch.Generator(), 10)
+    resumable(last, "protections", "k1", session)
+    assert last.resumed is None

@@ -11,7 +11,7 @@ import sys
 import pytest
 from result_rows import cell_rows, write_cells
 
-from leaderboard import ranking, store
+from leaderboard import ranking, robustness, store
 from leaderboard.render import render
 
 REPO = store.REPO_ROOT
@@ -73,14 +73,30 @@ def test_victims_are_ranked_by_worst_case_map(ranked_site):
     assert 'class="flag"' in csq and "victim_collapsed: 3 distinct database codes" in csq
 
 
-def test_attacks_are_ranked_by_damage_per_second(ranked_site):
+def test_attacks_are_ranked_by_damage_at_equal_budget_with_a_pareto_front(ranked_site):
+    """At 8/255 untargeted, over the one victim all three attacks ran on (dpsh): HAG drops mAP by 0.55 in 2 s,
+    PGD by 0.5 in 0.01 s, FGSM by 0.35 in 0.01 s. Damage ranks HAG first (damage per second would put PGD
+    first, 50 against 0.275); the Pareto front is PGD (fastest at its damage) and HAG (most damage); FGSM is
+    dominated by PGD."""
     html = (ranked_site / "rankings.html").read_text()
-    table = html[html.index("Attacks ·"):]
-    untargeted = [re.sub(r"<.*", "", r.split("<td>", 1)[1]).strip() for r in table.split("<tr>")[1:] if "mAP drop" in r]
-    # pgd 8/255: mean drop (0.5 + 0.25) / 2 at 0.01 s; fgsm: (0.35 + 0.10) / 2; hag: 0.55 / 2 s
-    assert untargeted[:2] == ["pgd", "pgd"] and untargeted[-1].startswith("&lt;img")
-    hag = next(r for r in table.split("<tr>") if "&lt;img" in r)
-    assert ">2000<" in hag and ">500<" not in hag  # the run's final snapshot ranks it
+    start = html.index("Attacks · fashion_mnist · 16 bits · ε 8/255 · mAP drop")
+    table = html[start:html.index("</table>", start)]
+    rows = table.split("<tr>")[2:]
+    names = [re.search(r'<td class="key" title="([^"]*)"', r).group(1) for r in rows]
+    assert names == ["&lt;img src=x onerror=alert(1)&gt;", "pgd", "fgsm"], names
+    assert [re.findall(r">(0\.\d{4})<", r)[0] for r in rows] == ["0.5500", "0.5000", "0.3500"]
+    assert ["on the front" in r for r in rows] == [True, True, False]
+    assert "Over 1 common victim(s): dpsh smallcnn" in table
+    svg = table[table.index("<svg"):table.index("</svg>")]
+    assert svg.count('<g class="front">') == 2 and svg.count('<g class="dominated">') == 1
+    assert "polyline" in svg and XSS not in svg  # the front's step line; labels escaped
+    assert "damage per second" in table  # kept as a column, not as the order
+
+
+def test_pareto_front_marks_only_undominated_attacks():
+    rows = [{"damage": d, "amortised": t} for d, t in ((0.5, 1.0), (0.5, 2.0), (0.2, 0.1), (0.6, 5.0), (0.1, 0.5))]
+    robustness.mark_pareto(rows)
+    assert [r["pareto"] for r in rows] == [True, False, True, True, False]
 
 
 def test_configurations_average_seeds_only():

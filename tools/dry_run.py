@@ -35,7 +35,8 @@ SHRUNK = {  # parameter name -> the dry run's value, for every plugin that has t
     "iterations": 2, "prototype_epochs": 1, "prototype_steps": 1, "prototype_batch": 4, "query_subset": 4,
 }
 STAND_INS = {"fashion_mnist_mosaic"}  # FashionMNIST mosaics: the CPU grids' stand-in, not a paper-scale dataset
-DATASET_SIZES = {"fashion_mnist": {"n_train": 8}, "cifar10": {"n_query": 10, "n_train": 10}}  # per-class draws
+DATASET_SIZES = {"fashion_mnist": {"n_train": 8}, "cifar10": {"n_query": 10, "n_train": 10},  # per-class draws
+                 "folder": {"path": "folder", "query_share": 0.25, "train_share": 0.67}}  # synthetic_datasets' tree
 PER_PLUGIN = {"attacks.prosgan": {"batch_size": 2}}  # its 224x224 generator: one step of two images
 CHEAPEST = "alexnet:scratch"  # the plugins cover's stand-in victim backbone (1.4 GFLOP an image)
 SMALL_NETWORKS = ("smallcnn", "smallcnn_fc500")

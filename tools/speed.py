@@ -17,6 +17,10 @@
     plus backward to the input, counted by torch's FLOP counter) against this machine's measured float32
     matrix-multiply peak.
 (3) Victim training: DPSH on the smallcnn, images per second.
+(4) File images: synthetic 224x224 JPEGs read as a file dataset does (Resize(256), CenterCrop(224), float in
+    [0, 1]), in images per second: decoded every pass (as without the image cache), then from the preprocessed
+    cache (``benchmark.data.preprocessed``): its first build, and warm passes in order and shuffled (the memory map
+    in the page cache, the next batch prefetched). ``--threads`` sets the decoding threads too (default 1).
 On a GPU it also times DHTA-2000 on VGG11 at 224x224 per image. Timings are wall-clock on this machine as it
 is (the table says how busy it was): hashbench's scoring and FAISS the best of three runs, the papers' loop one
 run, the two attack loops the best of three runs taken in turn.
@@ -61,7 +65,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--vgg-batch", type=int, default=32, help="images in the VGG11 DHTA-2000 timing (GPU)")
     parser.add_argument("--vgg-iterations", type=int, default=2000)
     parser.add_argument("--vgg", action="store_true", help="time VGG11 on a CPU too (slow)")
-    parser.add_argument("--skip", action="append", default=[], choices=["scoring", "attack", "training"])
+    parser.add_argument("--image-files", type=int, default=500, help="synthetic JPEGs read in (4)")
+    parser.add_argument("--skip", action="append", default=[], choices=["scoring", "attack", "training", "images"])
     return parser.parse_args(argv)
 
 
@@ -326,6 +331,58 @@ def bench_training(args, device: torch.device, registry) -> None:
     row("hashbench HashingMethod.fit (DPSH, batch 128)", f"{n / seconds:,.0f} img/s", f"{seconds:.1f} s")
 
 
+# ---------------------------------------------------------------- (4) file images
+
+def bench_images(args) -> None:
+    import tempfile
+
+    sys.path.insert(0, str(ROOT / "tools"))
+    from synthetic_datasets import IMAGE_SIDE, noise_image, write_jpeg
+
+    from benchmark import FileImages
+
+    workers, n, batch = max(1, args.threads or 1), args.image_files, 250
+    print(f"\n(4) file images: {n:,} synthetic {IMAGE_SIDE}x{IMAGE_SIDE} JPEGs, Resize(256) + CenterCrop(224), "
+          f"batches of {batch}, {workers} decoding thread(s)")
+    with tempfile.TemporaryDirectory(prefix="hashbench-speed-") as scratch:
+        rng = np.random.default_rng(0)
+        paths = [str(Path(scratch) / "images" / f"{i:05d}.jpg") for i in range(n)]
+        for i, path in enumerate(paths):
+            write_jpeg(Path(path), noise_image(rng, (IMAGE_SIDE, IMAGE_SIDE, 3), i))
+        labels = torch.zeros(n, 1)
+        order = [torch.arange(n)[start:start + batch] for start in range(0, n, batch)]
+        files = FileImages(paths, labels, workers=workers)
+        files.identity()  # the content digests, as planning computes them before any pass
+        files.load(torch.arange(2))  # imports PIL and torchvision's transforms
+        cpu = torch.device("cpu")
+        decode, _ = timed(lambda: [files.load(index).shape for index in order], cpu, repeat=2)
+        cached = FileImages(paths, labels, workers=workers)
+        cached.use_cache(Path(scratch) / "cache")
+        cached.identity()
+        build, _ = timed(cached.preprocess, cpu)
+        warm, _ = timed(lambda: [x.shape for x, _, _ in cached.batches(batch)], cpu, repeat=3)
+        shuffled, _ = timed(lambda: [x.shape for x, _, _ in cached.batches(
+            batch, shuffle=True, generator=torch.Generator().manual_seed(0))], cpu, repeat=3)
+
+        def reopen():
+            again = FileImages(paths, labels, workers=workers)
+            again.use_cache(Path(scratch) / "cache")
+            again.identity()
+            return [x.shape for x, _, _ in again.batches(batch)]
+
+        reopened, _ = timed(reopen, cpu, repeat=3)
+        sample = torch.arange(0, n, 7)
+        same = "identical" if torch.equal(cached.load(sample), files.load(sample)) else "DIFFERENT"
+    row("decoded every pass (no image cache)", f"{n / decode:,.0f} img/s", f"{decode:.2f} s")
+    row("image cache: first build (decode + write the memory map)", f"{n / build:,.0f} img/s",
+        f"{build:.2f} s; build / decoded = {decode / build:.2f}")
+    row("image cache: warm pass in order (prefetched)", f"{n / warm:,.0f} img/s",
+        f"cached / decoded = {decode / warm:.1f}; every 7th image {same} to decoding anew")
+    row("image cache: warm pass shuffled", f"{n / shuffled:,.0f} img/s", f"cached / decoded = {decode / shuffled:.1f}")
+    row("image cache: opened anew (header, size, 2 images checked), one pass", f"{n / reopened:,.0f} img/s",
+        f"cached / decoded = {decode / reopened:.1f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.threads:
@@ -348,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         bench_attack(args, device, registry)
     if "training" not in args.skip:
         bench_training(args, device, registry)
+    if "images" not in args.skip:
+        bench_images(args)
     return 0
 
 

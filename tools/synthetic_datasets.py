@@ -8,6 +8,8 @@ What each folder under DATA_ROOT holds (the formats datasets/*.py and benchmark/
 - ``cifar10/``: the six python-pickle batches (dicts of b"data" (N, 3072) uint8 and b"labels"), 32x32 colour;
 - ``flickr25k/``, ``mscoco/``: xunguangwang lists, ``{test,database,train}_img.txt`` + ``_label.txt``;
 - ``nuswide/``, ``imagenet100/``, ``imagenet13/``: swuxyj lists, ``{test,database,train}.txt`` ("path l1 ... lC");
+- ``folder/``: an ImageFolder tree for the ``folder`` plugin, FOLDER_CLASSES class folders of
+  ``(query + database) / FOLDER_CLASSES`` JPEG images each (its split drawn with query_share 1/4, train_share 2/3);
 - the list datasets' images: 224x224 RGB JPEG files under ``images/``, the paths in the lists relative to the
   dataset folder. The training list names database images, as the papers' protocols do.
 
@@ -33,6 +35,7 @@ LIST_DATASETS = {  # name: (classes, multi-label, list format)
     "imagenet13": (13, False, "swuxyj"),
 }
 IMAGE_SIDE = 224
+FOLDER_CLASSES = 4
 CIFAR_PER_BATCH = 5  # six batches of 5: 3 images per class, enough for a 1 + 1 per-class query/train draw
 
 
@@ -80,6 +83,14 @@ def write_list_dataset(folder: Path, classes: int, multi_label: bool, list_forma
             (folder / f"{stem}.txt").write_text("".join(f"{path} {' '.join(map(str, row))}\n" for path, row in items))
 
 
+def write_image_folder(folder: Path, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    per_class = (SIZES["query"] + SIZES["database"]) // FOLDER_CLASSES
+    for label in range(FOLDER_CLASSES):
+        for i in range(per_class):
+            write_jpeg(folder / f"class_{label}" / f"{i:03d}.jpg", noise_image(rng, (IMAGE_SIDE, IMAGE_SIDE, 3), label))
+
+
 def idx_bytes(array: np.ndarray) -> bytes:
     """An IDX file of unsigned bytes: magic 0x0000 0x08 ndim, the dimensions big-endian, then the data."""
     header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
@@ -116,6 +127,8 @@ def write_all(root: Path, seed: int = 0) -> dict[str, Path]:
     for offset, (name, (classes, multi_label, list_format)) in enumerate(LIST_DATASETS.items(), 2):
         folders[name] = root / name
         write_list_dataset(folders[name], classes, multi_label, list_format, seed + offset)
+    folders["folder"] = root / "folder"
+    write_image_folder(folders["folder"], seed + len(folders))
     return folders
 
 

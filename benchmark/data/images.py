@@ -2,7 +2,8 @@
 fingerprints.
 
 Normalisation and resizing live inside the victim model, so attacks work in [0, 1] pixel space.
-Large sets stream from disk in batches: only labels and paths are held in memory.
+Large sets stream from disk in batches: only labels and paths are held in memory, and a run's first pass over a
+file set decodes it once into a memory-mapped array in the stage cache (``benchmark.data.preprocessed``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
@@ -37,11 +38,22 @@ class ImageSet:
 
     def batches(self, batch_size: int, shuffle: bool = False,
                 generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Yield ``(images, labels, index)`` batches."""
+        """Yield ``(images, labels, index)`` batches. A set read from files makes its preprocessed cache first
+        (when it has a cache folder) and loads the next batch on a background thread while this one is used."""
         order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for start in range(0, len(self), batch_size):
-            index = order[start:start + batch_size]
-            yield self.load(index), self.labels[index], index
+        indices = [order[start:start + batch_size] for start in range(0, len(self), batch_size)]
+        files = self.file_images()
+        if files is None:
+            for index in indices:
+                yield self.load(index), self.labels[index], index
+            return
+        files.preprocess()
+        for index, images in prefetched(self.load, indices):
+            yield images, self.labels[index], index
+
+    def file_images(self) -> FileImages | None:
+        """The file set this set's images are read from (itself or a subset's base), None for other sets."""
+        return None
 
     def subset(self, index: Sequence[int] | torch.Tensor) -> "ImageSet":
         return SubsetImages(self, torch.as_tensor(index, dtype=torch.long))
@@ -95,6 +107,9 @@ class SubsetImages(ImageSet):
     def load(self, index: torch.Tensor) -> torch.Tensor:
         return self.base.load(self.index[index])
 
+    def file_images(self) -> FileImages | None:
+        return self.base.file_images()
+
     def identity(self) -> str:
         digest = hashlib.sha256(self.index.numpy().tobytes()).hexdigest()[:16]
         return f"{self.base.identity()}[{digest}]"
@@ -103,7 +118,9 @@ class SubsetImages(ImageSet):
 class FileImages(ImageSet):
     """Images read from files on demand: Resize(256) on the shorter side, CenterCrop(224), [0, 1].
 
-    This is the test-time pipeline of the attack papers' code (ProS-GAN, THA, CgAT, SAAT).
+    This is the test-time pipeline of the attack papers' code (ProS-GAN, THA, CgAT, SAAT). With a cache folder
+    (``use_cache``), the first full pass (``batches``) decodes every file once into a memory-mapped uint8 array
+    (``benchmark.data.preprocessed``) and every later read comes from it, byte for byte what decoding gives.
     """
 
     def __init__(self, paths: Sequence[str | Path], labels: torch.Tensor, resize: int = 256, crop: int = 224,
@@ -115,9 +132,40 @@ class FileImages(ImageSet):
         self.labels = labels.float()
         self.resize, self.crop, self.workers = resize, crop, workers
         self.origins = dict(zip(self.paths, origins or ()))
+        self.cache: dict | None = None  # use_cache's settings
+        self.array = None  # the preprocessed uint8 (N, C, H, W) memmap, once made or opened
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def file_images(self) -> FileImages:
+        return self
+
+    def transform(self) -> dict:
+        """What ``_read`` does to a file, for the preprocessed cache's key."""
+        return {"convert": "RGB", "resize_shorter_side": self.resize, "center_crop": self.crop,
+                "interpolation": "bilinear, antialias (torchvision functional.resize on PIL)"}
+
+    def use_cache(self, cache_root: str | Path, claim_timeout: float | None = None,
+                  report_wait: Callable[[str], None] | None = None,
+                  progress: Callable[[str], None] | None = None) -> None:
+        """Keep the preprocessed images in ``cache_root``/images (made by the first full pass, ``preprocess``)."""
+        self.cache = {"cache_root": Path(cache_root), "claim_timeout": claim_timeout, "report_wait": report_wait,
+                      "progress": progress}
+
+    def preprocess(self) -> None:
+        """With a cache folder: open the preprocessed array, or decode every file into it once (under a claim)."""
+        if self.cache is None or self.array is not None or not self.paths:
+            return
+        from benchmark.data.preprocessed import cache_key, preprocessed
+
+        self.identity()
+        key = cache_key(self._digests, self.transform())
+        folder = os.path.commonpath([os.path.dirname(path) for path in self.paths])
+        self.array = preprocessed(self.cache["cache_root"], key, len(self), lambda i: self._read(self.paths[i]),
+                                  workers=self.workers, describe=f"{len(self):,} files under {folder}",
+                                  claim_timeout=self.cache["claim_timeout"], report_wait=self.cache["report_wait"],
+                                  progress=self.cache["progress"])
 
     def _read(self, path: str) -> torch.Tensor:
         from PIL import Image
@@ -138,6 +186,8 @@ class FileImages(ImageSet):
                                   f"replace it, or remove its line from the list") from None
 
     def load(self, index: torch.Tensor) -> torch.Tensor:
+        if self.array is not None:
+            return torch.from_numpy(self.array[index.numpy()]).float().div_(255.0)  # the same bits as below
         paths = [self.paths[i] for i in index.tolist()]
         with ThreadPoolExecutor(self.workers) as pool:
             images = list(pool.map(self._read, paths))
@@ -147,10 +197,30 @@ class FileImages(ImageSet):
         """Hash of every listed file's path and contents (each file's digest is remembered with its stat and a
         sample of its bytes, so only new or changed files are read again)."""
         if getattr(self, "_identity", None) is None:
-            digests = file_digests(self.paths)
-            text = "\n".join(f"{path}\t{digest}" for path, digest in zip(self.paths, digests))
+            self._digests = file_digests(self.paths)
+            text = "\n".join(f"{path}\t{digest}" for path, digest in zip(self.paths, self._digests))
             self._identity = hashlib.sha256(text.encode()).hexdigest()[:16]
         return self._identity
+
+
+def prefetched(load: Callable[[torch.Tensor], torch.Tensor],
+               indices: list[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(index, load(index))`` for each index in turn, the next one loading on a background thread meanwhile.
+
+    ``load`` must do no work that depends on torch's thread-local or process-wide settings (a file read is
+    fine; a plugin's ``protect`` is not, which is why only file sets prefetch)."""
+    if not indices:
+        return
+    with ThreadPoolExecutor(1, thread_name_prefix="hashbench-prefetch") as pool:
+        pending = pool.submit(load, indices[0])
+        try:
+            for position, index in enumerate(indices):
+                images = pending.result()
+                pending = pool.submit(load, indices[position + 1]) if position + 1 < len(indices) else None
+                yield index, images
+        finally:
+            if pending is not None:
+                pending.cancel()
 
 
 DIGEST_CACHE = Path(os.environ.get("HASHBENCH_DIGESTS", Path.home() / ".cache" / "hashbench" / "file-digests.sqlite"))

@@ -14,7 +14,8 @@ errors name the file and line. Image paths are relative to the dataset folder (p
 and must stay inside it (no absolute paths, no ``..`` out of it) unless the plugin's ``paths_outside_folder`` is
 true; a path listed twice in one list is an error unless the plugin's ``duplicates`` is "keep", which keeps
 repeats whose labels agree (a repeat with other labels is always an error). The images stream from disk as
-``FileImages``, resized and centre-cropped to 224.
+``FileImages``, resized and centre-cropped to 224 (a run decodes each set once into its image cache:
+``benchmark.data.preprocessed``).
 
     from benchmark import load_lists
 

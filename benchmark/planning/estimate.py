@@ -21,8 +21,8 @@ a training step), multiplies by the backbone's forward FLOPs per image, and divi
   bf16 would about double it; plain fp32 about a third of it.
 
 What the model leaves out, so a real run takes longer: JPEG decoding of the file datasets (the same review
-measured 239-272 images per second with one or two threads on a 2-core CPU: it bounds training and encoding
-unless the GPU is fed by more threads), the
+measured 239-272 images per second with one or two threads on a 2-core CPU; the image cache decodes each set once,
+and its warm reads are bounded by the uint8-to-float conversion, about 1,100 images per second per thread), the
 generators and PrototypeNets of ProS-GAN, THA, ATRDH and PPL (small next to the backbones), scoring, and launch
 overhead, which dominates the small networks (``smallcnn``: their estimates are a floor, not a forecast).
 Stages shared by several cells (a victim, its codes, a learned attack's preparation) are counted once, for the

@@ -24,11 +24,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmark.data.dataset import given_data_roots
+from benchmark.data.fingerprints import split_identity
 from benchmark.keys import HARNESS_VERSION, code_hash, content_key, stage_code
 from benchmark.planning.grid import Cell
 from benchmark.plugins import REPO_ROOT, Plugin, Registry
 from benchmark.scoring.evaluate import EvaluationConventions
 from benchmark.victim.compute import ComputeSettings
+
+# a dataset identity's entries recorded on rows but in no key: the same contents elsewhere, or a registry that names
+# more variants, give the same numbers
+UNKEYED = ("folder", "split_fingerprint", "split_variant")
 
 
 class StalePlan(RuntimeError):
@@ -44,18 +49,23 @@ class PluginChoice:
     params_json: str
     source_file: str   # relative to the repository root
     source_hash: str
+    # parameters left out of keys: where a user's file is (the plugin's ``location_parameters``; a digest of its
+    # content is another parameter), so the same file elsewhere gives the same keys
+    unkeyed: tuple[str, ...] = ()
 
     @classmethod
     def of(cls, plugin: Plugin) -> "PluginChoice":
         return cls(plugin.kind, plugin.name, json.dumps(plugin.params(), sort_keys=True),
-                   relative(plugin.source_file) if plugin.source_file else "", plugin.source_hash)
+                   relative(plugin.source_file) if plugin.source_file else "", plugin.source_hash,
+                   tuple(getattr(plugin, "location_parameters", ())))
 
     @property
     def params(self) -> dict:
         return json.loads(self.params_json)
 
     def identity(self) -> list:
-        return [self.name, self.params, self.source_hash]
+        params = {k: v for k, v in self.params.items() if k not in self.unkeyed} if self.unkeyed else self.params
+        return [self.name, params, self.source_hash]
 
     def configure(self, registry: Registry):
         plugin = registry.get(self.kind, self.name)
@@ -89,6 +99,7 @@ class VictimPlan:
     train_data: str = "clean"
     protection: ProtectionPlan | None = None   # set when train_data is "protected"
     start: "VictimPlan | None" = None          # the undefended victim a ``starts_from_victim`` defense begins from
+    loaded: bool = False                       # a model trained elsewhere, loaded (``benchmark.external.victim``)
 
     def label(self) -> str:
         defense = "" if self.defense.name == "none" else f"+{self.defense.name}"
@@ -211,7 +222,7 @@ class Planner:
             splits = plugin.splits(self.data_root)
             identity = {"name": choice.name, "params": choice.params, "source": choice.source_hash,
                         "split": splits.fingerprint(), "label": plugin.label(), **splits.sizes(),
-                        "folder": splits.folder,
+                        "folder": splits.folder, **split_identity(splits),
                         "training": {"name": choice.name, "source": choice.source_hash,
                                      "train": splits.train.fingerprint(), "mean": splits.mean, "std": splits.std,
                                      "shape": list(splits.image_shape()), "classes": splits.num_classes}}
@@ -236,6 +247,8 @@ class Planner:
 
     def victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
                train_data: str = "clean") -> VictimPlan:
+        if getattr(self.registry.get("hashing", hashing), "loads_model", False):
+            return self.loaded_victim(cell, hashing, backbone, bits, defense, train_data)
         dataset, identity = self.dataset(cell)
         method = self.choice("hashing", hashing, cell)
         defense_class = self.registry.get("defenses", defense)
@@ -256,6 +269,20 @@ class Planner:
             parts.update(start=start.key)
         return VictimPlan(content_key(**parts), dataset, method, training, backbone, bits, cell.seed,
                           train_data if protection is not None else "clean", protection, start)
+
+    def loaded_victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
+                      train_data: str) -> VictimPlan:
+        """A model trained elsewhere: keyed by its files' digests (the method's keyed parameters), its bits and
+        the code that loads it; ``backbone`` is only its name on the rows."""
+        if defense != "none" or train_data != "clean":
+            raise ValueError(f"hashing {hashing!r} is a model trained elsewhere and evaluated as given: its defense "
+                             f"must be 'none' and its train_data 'clean' (got {defense!r}, {train_data!r})")
+        dataset = self.dataset(cell)[0]
+        method = self.choice("hashing", hashing, cell)
+        key = content_key(stage="victim", harness=HARNESS_VERSION, code=self.code("loaded", method),
+                          hashing=method.identity(), bits=bits)
+        return VictimPlan(key, dataset, method, self.choice("defenses", "none", cell), backbone, bits, cell.seed,
+                          loaded=True)
 
     def codes(self, victim: VictimPlan, split: str) -> CodesPlan:
         key = content_key(stage="codes", harness=HARNESS_VERSION, code=self.code("codes"), victim=victim.key,
@@ -297,7 +324,7 @@ class Planner:
                                      attacker=[cell.dataset, attacker.hashing.name, attacker.backbone, attacker.bits,
                                                attacker.defense.name, attacker.train_data])
         key = content_key(stage="attack", harness=HARNESS_VERSION, code=self.code("attack", attack),
-                          dataset={k: v for k, v in identity.items() if k not in ("training", "folder")},
+                          dataset={k: v for k, v in identity.items() if k not in ("training", *UNKEYED)},
                           victim=victim.key,
                           surrogate=surrogate.key if surrogate else "self", attack=attack.identity(),
                           epsilon=cell.epsilon, scenario=cell.scenario,

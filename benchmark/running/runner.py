@@ -29,7 +29,7 @@ from benchmark.running.progress import Progress
 from benchmark.scoring.evaluate import EvaluationConventions
 from benchmark.session import Session
 from benchmark.storage.cache import check_writable, remove_dead_temporaries
-from benchmark.storage.claims import ClaimTimeout, claim, try_claim
+from benchmark.storage.claims import ClaimTimeout, check_lock_support, claim, try_claim
 from benchmark.storage.folders import check_store_folder
 from benchmark.storage.results import cell_done, write_cell
 from benchmark.victim.compute import ComputeSettings
@@ -139,11 +139,13 @@ class Runner:
         return self.plan(cell).key
 
     def prepare_folders(self) -> None:
-        """Before any work: both folders of their own and writable, and temporary files of killed writes removed."""
+        """Before any work: both folders of their own and writable, the cache's file system taking locks (claims
+        need them), and temporary files of killed writes removed."""
         check_store_folder(self.results_dir, "results", REPO_ROOT)
         check_store_folder(self.cache_dir, "cache", REPO_ROOT)
         check_writable(self.results_dir, "results")
         check_writable(self.cache_dir, "cache")
+        check_lock_support(self.cache_dir)
         for folder in (self.results_dir, self.cache_dir):
             for path in remove_dead_temporaries(folder):
                 log.info("removed %s, left by a write that was killed", path)

@@ -7,6 +7,10 @@ one. While held, the lock file names its holder as one JSON object (pid, host, s
 waiting for the claim says who it waits for, and with ``timeout`` gives up with ``ClaimTimeout`` naming the
 holder. The file is emptied on release and reused.
 
+File systems that refuse ``flock`` (NFS without lock support, Lustre without ``-o flock``, some FUSE mounts) fail
+with ``LocksUnsupported`` naming the folder and the error; ``check_lock_support`` probes for that before any
+work. (NFS mounted ``nolock`` grants locks that only its own machine sees: no probe on one machine can tell.)
+
     with claim(cache_root, "victims", key, what="training dpsh/smallcnn 32 bits",
                wait=lambda holder: progress.note(f"waiting for {holder}"), timeout=600):
         ...   # re-check the cache: the other run may have finished this stage meanwhile
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import fcntl
 import json
 import os
@@ -28,12 +33,47 @@ class ClaimTimeout(TimeoutError):
     """Another process held a claim longer than the wait allowed; the message names the holder."""
 
 
+class LocksUnsupported(OSError):
+    """The cache folder's file system refuses ``flock``: claims cannot work there (the message says what to do)."""
+
+
+PROBE_NAME = "lock-probe"
+
+
+def locked(handle: int, path: Path) -> bool:
+    """Take the exclusive lock on ``handle`` if it is free: True, or False when another holder has it.
+    Any other error of ``flock`` is ``LocksUnsupported``."""
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        name = errno.errorcode.get(exc.errno, str(exc.errno))
+        raise LocksUnsupported(
+            exc.errno, f"the cache folder {path.parent.parent} does not support file locks: flock on {path} failed "
+                       f"with {name} ({exc.strerror or exc}). hashbench's claims lock files there so that two runs "
+                       f"never compute the same stage. Use a cache folder on a local disk (--cache DIR), or mount "
+                       f"the shared file system with locks (NFS with its lock service, not 'nolock'; Lustre with "
+                       f"'-o flock'; a FUSE file system that supports flock)") from None
+    return True
+
+
+def check_lock_support(cache_root: str | Path) -> None:
+    """Before any work: take and release a lock on ``<cache>/claims/lock-probe``; ``LocksUnsupported`` if refused."""
+    path = Path(cache_root) / "claims" / f"{PROBE_NAME}.lock"
+    handle = open_lock(path)
+    try:
+        if locked(handle, path):  # busy means another run probes at this moment: locks work
+            fcntl.flock(handle, fcntl.LOCK_UN)
+    finally:
+        os.close(handle)
+
+
 def claim_path(cache_root: str | Path, stage: str, key: str) -> Path:
     return Path(cache_root) / "claims" / f"{stage}-{key}.lock"
 
 
-def open_lock(cache_root: str | Path, stage: str, key: str) -> int:
-    path = claim_path(cache_root, stage, key)
+def open_lock(path: Path) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
 
@@ -70,22 +110,19 @@ def claim(cache_root: str | Path, stage: str, key: str, what: str = "", wait: Ca
     with the holder's description when the claim is found held (again if the holder changes). ``timeout``:
     the seconds to wait before raising ``ClaimTimeout`` (None: wait as long as it takes).
     """
-    handle = open_lock(cache_root, stage, key)
+    path = claim_path(cache_root, stage, key)
+    handle = open_lock(path)
     try:
         told, deadline = "", None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = holder_of(cache_root, stage, key)
-                if wait and holder != told:
-                    wait(holder)
-                    told = holder
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise ClaimTimeout(f"gave up after {timeout:g} s (--claim-timeout) waiting for the claim on "
-                                       f"{stage} {key}, held by {holder}") from None
-                time.sleep(poll_seconds)
+        while not locked(handle, path):
+            holder = holder_of(cache_root, stage, key)
+            if wait and holder != told:
+                wait(holder)
+                told = holder
+            if deadline is not None and time.monotonic() >= deadline:
+                raise ClaimTimeout(f"gave up after {timeout:g} s (--claim-timeout) waiting for the claim on "
+                                   f"{stage} {key}, held by {holder}") from None
+            time.sleep(poll_seconds)
         write_holder(handle, what or f"{stage} {key}")
         try:
             yield
@@ -98,11 +135,10 @@ def claim(cache_root: str | Path, stage: str, key: str, what: str = "", wait: Ca
 @contextlib.contextmanager
 def try_claim(cache_root: str | Path, stage: str, key: str, what: str = "") -> Iterator[bool]:
     """Hold the claim if it is free; yields False (and holds nothing) when another process has it."""
-    handle = open_lock(cache_root, stage, key)
+    path = claim_path(cache_root, stage, key)
+    handle = open_lock(path)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not locked(handle, path):
             yield False
             return
         write_holder(handle, what or f"{stage} {key}")

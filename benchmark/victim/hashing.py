@@ -45,6 +45,11 @@ class TrainContext:
     num_classes: int
     progress: Callable[[str], None] = lambda message: None
     info: dict = field(default_factory=dict)  # anything the procedure wants recorded
+    # A long training may checkpoint now and then (``save_checkpoint(state)``) and, when an earlier run of the same
+    # key was stopped, start from its latest checkpoint (``resumed``; None for a fresh start). The harness keeps
+    # them in the stage cache under the training's key and drops them once the training is stored.
+    resumed: dict | None = None
+    save_checkpoint: Callable[[dict], None] = lambda state: None
 
     def flag(self, name: str, reason: str) -> None:
         """Mark what this training produced as degenerate (``benchmark.flags``): every row of every cell that

@@ -116,6 +116,7 @@ def load_or_train_protection(plan: ProtectionPlan, splits: Splits, s: Session) -
     defense = plan.defense.configure(s.registry)
     stored = s.cached("protections", plan.key, lambda: train_protection(defense, splits, plan, s),
                     waiting=lambda: s.stage(f"waiting for another run training protection {defense.label()}"))
+    drop_checkpoint("protections", plan.key, s)
     with torch_settings_kept(defense, "load_state_dict"):
         defense.load_state_dict(stored["state"])
     return Protection(plan, defense, stored.get("info", {}))
@@ -124,16 +125,42 @@ def load_or_train_protection(plan: ProtectionPlan, splits: Splits, s: Session) -
 def train_protection(defense, splits: Splits, plan: ProtectionPlan, s: Session) -> dict:
     torch.manual_seed(plan.seed)
     ctx = train_context(plan.seed, f"protection {defense.label()}", splits, s)
-    s.stage(f"training protection {defense.label()}")
+    earlier = resumable(ctx, "protections", plan.key, s)
+    s.stage(f"training protection {defense.label()}"
+            + (f" from its checkpoint ({earlier:.0f} s of training done)" if ctx.resumed is not None else ""))
     started = time.perf_counter()
     with torch_settings_kept(defense, "prepare_protection"):
         defense.prepare_protection(splits.train, ctx)
-    ctx.info["train_seconds"] = time.perf_counter() - started
+    ctx.info["train_seconds"] = earlier + time.perf_counter() - started
     state = defense.state_dict()
     if state is None:
         raise TypeError(f"protection {defense.name!r} returned no state_dict(); a protection must return what "
                         f"prepare_protection learned")
     return {"state": state, "info": ctx.info}
+
+
+def resumable(ctx: TrainContext, stage: str, key: str, s: Session) -> float:
+    """Give ``ctx`` the checkpoints of the training stored as ``stage``/``key``: ``ctx.resumed`` is the latest
+    one an earlier, stopped run saved (none under ``--force-victims``), ``ctx.save_checkpoint`` keeps a new one
+    in the stage cache (``checkpoints/``) with the seconds trained so far. The training's stored result
+    replaces them (``cached`` saves it, and ``drop_checkpoint`` removes the file). Returns the seconds the
+    earlier runs trained."""
+    checkpoint_key = f"{stage}-{key}"
+    stored = None if stage in s.recompute else s.cache.load("checkpoints", checkpoint_key)
+    earlier, runs = (float(stored["seconds"]), int(stored["runs"])) if stored else (0.0, 0)
+    started = time.perf_counter()
+    ctx.resumed = stored["state"] if stored else None
+
+    def save(state: dict) -> None:
+        s.cache.save("checkpoints", checkpoint_key,
+                     {"state": state, "seconds": earlier + time.perf_counter() - started, "runs": runs + 1})
+    ctx.save_checkpoint = save
+    ctx.info["training_runs"] = runs + 1  # processes that trained it: more than one when it was resumed
+    return earlier
+
+
+def drop_checkpoint(stage: str, key: str, s: Session) -> None:
+    s.cache.path("checkpoints", f"{stage}-{key}").unlink(missing_ok=True)
 
 
 def train_context(seed: int, what: str, splits: Splits, s: Session) -> TrainContext:

@@ -43,7 +43,8 @@ numbers; every parameter is on every row as ``defense_params``):
   G through a copy of F that J_o does not update).
 * Schedule (``iterations``): Algorithm 1 nests "for i = 1:t, for j = 1:e, e = [t/m]"; t = 1000 mini-batch
   updates on FashionMNIST (t * floor(t/m) at t = 1000, m = 512 is also 1000). If t counted epochs, set 20
-  times as many.
+  times as many (about 8.5 hours on one CPU thread): the game is checkpointed every ``CHECKPOINT_EVERY``
+  updates in the stage cache, and a stopped run goes on from its latest checkpoint, bit for bit.
 * Surrogate: the code length of the results' generator, ``surrogate_bits = 8``; its hash layer keeps
   PyTorch's default initialisation (the victims' N(0, 0.01) starts its tanh near 0, a saddle of the square
   losses). ``check_surrogate`` flags one that ends the game at chance (``surrogate_at_chance``); its probe
@@ -51,7 +52,6 @@ numbers; every parameter is on every row as ``defense_params``):
 """
 from __future__ import annotations
 
-import itertools
 import typing
 from typing import Annotated
 
@@ -63,6 +63,7 @@ from benchmark import (Defense, ImageSet, OneOf, Range, TrainContext, build_vict
 
 
 PROBE_EVERY = 100  # updates between two probes of the surrogate's retrieval (recorded, not used)
+CHECKPOINT_EVERY = 200  # updates between two checkpoints in the stage cache, from which a stopped run goes on
 
 
 class Generator(nn.Module):
@@ -108,6 +109,22 @@ class Generator(nn.Module):
     def release(self, x: torch.Tensor) -> torch.Tensor:
         """z = x + G(x), projected into [0, 1] (Eq. 2)."""
         return torch.clamp(x + self(x), 0.0, 1.0)
+
+
+def shuffled_batches(train: ImageSet, batch_size: int, generator: torch.Generator, resumed: dict | None = None):
+    """Endless shuffled epochs of ``(images, labels, epoch)``, ``epoch`` saying where the batch sits (the
+    generator's state when its epoch's order was drawn, and the batches of it already given), so that a
+    checkpoint can restart the stream in the middle of an epoch exactly where it stopped."""
+    skip = 0
+    if resumed:
+        generator.set_state(resumed["epoch"]["state"])
+        skip = resumed["epoch"]["done"]
+    while True:
+        state = generator.get_state()
+        for done, (x, labels, _) in enumerate(train.batches(batch_size, shuffle=True, generator=generator), 1):
+            if done > skip:
+                yield x, labels, {"state": state, "done": done}
+        skip = 0
 
 
 def pair_loss(a: torch.Tensor, b: torch.Tensor, similarity: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -190,10 +207,10 @@ class PPL(Defense):
         groups = [{"params": generator.parameters(), "lr": self.lr_generator},
                   {"params": surrogate.parameters(), "lr": self.lr_surrogate}]
         optimizer = torch.optim.Adam(groups) if self.optimizer == "adam" else torch.optim.SGD(groups)
-        batches = itertools.chain.from_iterable(
-            train.batches(self.batch_size, shuffle=True, generator=ctx.generator) for _ in itertools.count())
-        for iteration in range(self.iterations):
-            x, labels, _ = next(batches)
+        start = self.resume(ctx.resumed, optimizer, ctx) if ctx.resumed else 0
+        batches = shuffled_batches(train, self.batch_size, ctx.generator, ctx.resumed)
+        for iteration in range(start, self.iterations):
+            x, labels, epoch = next(batches)
             loss, terms = self.objective(x.to(ctx.device), labels.to(ctx.device))
             check_finite(loss, self.name, 0, iteration)
             optimizer.zero_grad(set_to_none=True)
@@ -203,9 +220,25 @@ class PPL(Defense):
                 self.record_losses(iteration + 1, terms, ctx)
             if (iteration + 1) % PROBE_EVERY == 0 and iteration + 1 < self.iterations:
                 self.record_probe(iteration + 1, self.probe_surrogate(train, ctx.device), ctx)
+            if (iteration + 1) % CHECKPOINT_EVERY == 0 and iteration + 1 < self.iterations:
+                ctx.save_checkpoint(self.checkpoint(iteration + 1, optimizer, epoch, ctx))
         generator.eval()
         surrogate.eval()
         self.check_surrogate(train, ctx)
+
+    def checkpoint(self, iteration: int, optimizer: torch.optim.Optimizer, epoch: dict, ctx: TrainContext) -> dict:
+        """Everything the game needs to go on from ``iteration`` as if it had never stopped."""
+        return {"iteration": iteration, "players": self.state_dict(), "optimizer": optimizer.state_dict(),
+                "epoch": epoch, "info": {name: ctx.info[name] for name in ("ppl_losses", "ppl_surrogate_probe")
+                                         if name in ctx.info}}
+
+    def resume(self, checkpoint: dict, optimizer: torch.optim.Optimizer, ctx: TrainContext) -> int:
+        self.generator.load_state_dict(checkpoint["players"]["generator"])
+        self.surrogate.load_state_dict(checkpoint["players"]["surrogate"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        ctx.info.update(checkpoint["info"])
+        ctx.progress(f"resuming at iteration {checkpoint['iteration']}/{self.iterations}")
+        return checkpoint["iteration"]
 
     def record_losses(self, iteration: int, terms: dict[str, torch.Tensor], ctx: TrainContext) -> None:
         values = {name: term.item() for name, term in terms.items()}

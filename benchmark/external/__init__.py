@@ -1,0 +1,1 @@
+"""Models, and adversarial queries, made outside hashbench: loaded and checked, then run as any victim or attack."""
