@@ -8,6 +8,7 @@ record) are saved beside, and its rows are returned for the store.
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -27,6 +28,7 @@ from benchmark.victim.train import Protection, Trained, trained_protection, trai
 
 def run_cell(plan: CellPlan, s: Session) -> list[dict]:
     """Compute one cell; every row carries the cell's identity, conventions, flags and environment."""
+    check_compute(plan, s)
     splits = dataset_splits(plan, s)
     victim = loaded_victim(plan.victim, splits, s) if plan.victim.loaded else trained_victim(plan.victim, splits, s)
     codes = clean_codes(plan.codes, victim, splits, s)
@@ -52,8 +54,17 @@ def run_cell(plan: CellPlan, s: Session) -> list[dict]:
     if attacked.outcome.gallery:
         s.cache.save("gallery", plan.key, gallery(plan, victim, codes, attacked, database, targets, splits, s))
     s.cache.save("curves", plan.key, training_records(plan, victim, protection, attacked))
-    return cell_rows(plan, metrics, s.registry, s.attack_batch, victim.info.get("train_seconds", float("nan")),
-                     cell_flags)
+    return cell_rows(plan, metrics, s.registry, attacked.outcome.batch_size or s.attack_batch,
+                     victim.info.get("train_seconds", float("nan")), cell_flags)
+
+
+def check_compute(plan: CellPlan, s: Session) -> None:
+    """The plan's keys name the device class and precision settings it computes with: refuse another device's."""
+    here = dataclasses.replace(s.compute, precision=plan.compute.precision)
+    if plan.compute != here:
+        raise RuntimeError(f"{plan.cell.describe()} was planned for {plan.compute.as_dict()} but runs on "
+                           f"{here.as_dict()}; plan it on a machine with the device it runs on (--device), so its "
+                           f"cache keys say how its numbers were computed")
 
 
 def dataset_splits(plan: CellPlan, s: Session) -> Splits:

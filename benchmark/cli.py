@@ -122,7 +122,11 @@ def add_execution_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("execution")
     group.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu or cuda[:N]")
     group.add_argument("--attack-batch", type=non_negative_int, default=0, metavar="N",
-                       help="queries per attack batch (default 250 CPU, 1000 GPU)")
+                       help="queries per attack batch (default: 250 on the CPU; on a GPU sized from a probe of the "
+                            "model's activation memory and the free memory, halved on out-of-memory)")
+    group.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                       help="the attack's forwards and backwards through the model: fp32, or bf16 autocast (the "
+                            "codes stay fp32); recorded on every row and in the attack keys")
     group.add_argument("--threads", type=non_negative_int, default=0, metavar="N",
                        help="CPU threads for torch (default: torch's choice, one per core); lower it when "
                             "other jobs share the cores, as oversubscribed threads slow everything several-fold")
@@ -168,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--no-data", action="store_true",
                       help="touch no dataset: list the cells and the estimate from the dataset cards' sizes (keys "
                            "unknown); without it, a dataset that is not here is planned so too")
+    plan.add_argument("--device", default="auto",
+                      help="the device the keys are planned for, as `run --device` (its class is in the keys)")
+    plan.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
+                      help="the attack forwards' precision, as `run --precision` (in the attack keys)")
     commands.add_parser("leaderboard", parents=[common, results, site, cache],
                         help="render the leaderboard from the result store only",
                         description="Render the leaderboard from the result store only (--cache: the gallery's "
@@ -331,8 +339,8 @@ def list_plugins(args: argparse.Namespace) -> int:
 
 
 def plan_grid(args: argparse.Namespace) -> int:
-    """Per grid block: each cell's key and whether the store holds it, from the planner alone (no device, no
-    runner), and a model of the block's GPU-hours (benchmark/planning/estimate.py). A dataset that is not here,
+    """Per grid block: each cell's key (for ``--device``'s class and ``--precision``) and whether the store holds
+    it, from the planner alone (no runner), and a model of the block's GPU-hours (benchmark/planning/estimate.py). A dataset that is not here,
     or every dataset with --no-data, is planned from its card: the sizes its card gives, the keys unknown."""
     import dataclasses
 
@@ -341,12 +349,15 @@ def plan_grid(args: argparse.Namespace) -> int:
     from benchmark.planning.estimate import H100_TFLOPS, Estimator, Work
     from benchmark.planning.grid import parse_filters, parse_settings
     from benchmark.planning.plan import Planner
+    from benchmark.running.runner import pick_device
     from benchmark.scoring.evaluate import EvaluationConventions
+    from benchmark.victim.compute import ComputeSettings
 
     registry = Registry.discover()
     try:
         blocks = grid_blocks(args.grid, registry, parse_filters(args.only), parse_settings(args.settings))
-        planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant))
+        compute = ComputeSettings.for_device(pick_device(args.device), args.precision)
+        planner = Planner(registry, args.data_root, EvaluationConventions(args.backend, args.zero_relevant), compute)
     except ValueError as exc:
         return fail(exc)
     estimator, missing, total, counts = Estimator(registry), {}, Work(), {"stored": 0, "compute": 0, "unknown": 0}
@@ -531,7 +542,8 @@ def run_grid(args: argparse.Namespace) -> int:
         runner = Runner(registry, args.results, args.cache, args.device, args.data_root, args.attack_batch,
                         target_rule=args.target_rule,
                         conventions=EvaluationConventions(args.backend, args.zero_relevant), force=args.force,
-                        force_victims=args.force_victims, claim_timeout=args.claim_timeout)
+                        force_victims=args.force_victims, claim_timeout=args.claim_timeout,
+                        precision=args.precision)
         check_writable(args.results, "results")  # the manifest's first line goes there before any cell
         manifest = start_manifest(args, runner, cells, datetime.datetime.now(datetime.timezone.utc))
     except (ValueError, OSError) as exc:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from benchmark.plugins import file_hash
 
-HARNESS_VERSION = "4"  # 4: stage packages, keys read from imports, prepare seeded by identity; 3: attack draws
+HARNESS_VERSION = "5"  # 5: device class and precision settings in the device stages' keys; 4: stage packages,
+# keys read from imports, prepare seeded by identity; 3: attack draws
 # seeded by the cell identity; 2: victim init seeded by the cell seed
 PACKAGE_DIR = Path(__file__).resolve().parent
 

@@ -43,7 +43,9 @@ def typed_row(row: dict) -> dict:
 def error_rows(plan: CellPlan, registry: Registry, attack_batch: int, exc: BaseException) -> list[dict]:
     message = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, torch.cuda.OutOfMemoryError):
-        message += f" (attack batch {attack_batch}; rerun with a smaller --attack-batch)"
+        batch = attack_batch or "sized by the probe"
+        message += (f" (attack batch {batch}; an attack or encoding halves its batch on out-of-memory down to one "
+                    f"query, so this ran out with one query or in training: lower the method's batch_size)")
     row = base_row(plan, registry, attack_batch, math.nan)
     row.update(status="error", error=message, metric="", value=float("nan"), topk=0, recall=float("nan"),
                iterations=0)
@@ -83,7 +85,8 @@ def base_row(plan: CellPlan, registry: Registry, attack_batch: int, train_second
         "hashing_params": json.dumps(method.params(), sort_keys=True),
         "defense_params": json.dumps(defense.params(), sort_keys=True),
         "dataset_params": json.dumps(plan.data_identity.get("params", {}), sort_keys=True),
-        "batch_size": attack_batch, "cell_key": plan.key, "victim_key": plan.victim.key,
+        "batch_size": attack_batch, "precision": plan.compute.precision, "device_class": plan.compute.device_class,
+        "cell_key": plan.key, "victim_key": plan.victim.key,
         "train_seconds": float(train_seconds),
         "sources": json.dumps(plan.sources, sort_keys=True),
     }

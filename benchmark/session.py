@@ -18,7 +18,9 @@ import torch
 
 from benchmark.plugins import Registry
 from benchmark.storage.cache import StageCache, cached
+from benchmark.victim.compute import ComputeSettings
 
+CPU_ATTACK_BATCH = 250  # queries per attack batch on the CPU unless --attack-batch says otherwise
 MEMO_SIZES = {"splits": 4, "victims": 3, "codes": 6, "protections": 4}  # per kind, in this process
 
 
@@ -51,24 +53,30 @@ class Session:
     cache: StageCache
     device: torch.device
     data_root: str | None
-    attack_batch: int                          # queries per attack batch
+    attack_batch: int                          # queries per attack batch; 0: sized by a probe of the device (CUDA)
     progress: Callable[[str], None] = lambda message: None
     memo: Memo = field(default_factory=Memo)
     failed_victims: dict = field(default_factory=dict)  # victim key -> why its training failed in this run
     claim_timeout: float | None = None         # seconds to wait for work another process holds (None: forever)
     recompute: frozenset = frozenset()  # stages computed afresh once in this run, whatever is cached (--force)
     recomputed: set = field(default_factory=set)  # (stage, key) computed afresh in this run
+    compute: ComputeSettings = field(default_factory=ComputeSettings)  # the device's class and settings (fp32)
 
     @classmethod
     def start(cls, registry: Registry, cache_dir: str | Path, device: torch.device, data_root: str | None = None,
               attack_batch: int = 0, progress: Callable[[str], None] | None = None,
               claim_timeout: float | None = None, report_wait: Callable[[str], None] | None = None,
               recompute: frozenset = frozenset()) -> "Session":
-        """``report_wait`` is told whom a stage waits for (default: ``progress``)."""
+        """``report_wait`` is told whom a stage waits for (default: ``progress``). ``attack_batch`` 0: on CUDA,
+        sized by a probe of the model and the free memory (``benchmark.attack.batching``), 250 on the CPU.
+        The device's compute settings (``benchmark.victim.compute``) are applied to the process here; the
+        precision of an attack's forwards is its plan's."""
         progress = progress or (lambda message: None)
+        compute = ComputeSettings.for_device(device)
+        compute.apply()
         return cls(registry, StageCache(cache_dir, claim_timeout, report_wait or progress), device, data_root,
-                   attack_batch or (1000 if device.type == "cuda" else 250), progress, claim_timeout=claim_timeout,
-                   recompute=frozenset(recompute))
+                   attack_batch or (0 if device.type == "cuda" else CPU_ATTACK_BATCH), progress,
+                   claim_timeout=claim_timeout, recompute=frozenset(recompute), compute=compute)
 
     def cached(self, stage: str, key: str, compute: Callable[[], object], **options):
         """``storage.cache.cached`` in this run's cache; a stage in ``recompute`` is computed afresh the first time

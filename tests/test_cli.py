@@ -34,8 +34,9 @@ def rejected(capsys, *argv: str) -> str:
     ("run", ["--grid", "--only", "--set", "--device", "--force", "--force-victims", "--executor", "--address", "--site", "--results",
              "--target-rule", "--threads", "--verbose"], ["--dry-run"]),
     ("list", ["--verbose"], ["--stale", "--results", "--grid", "--device", "--force"]),
-    ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root"],
-     ["--device", "--force", "--executor", "--address", "--cache", "--site", "--threads"]),
+    ("plan", ["--grid", "--only", "--set", "--results", "--target-rule", "--backend", "--data-root", "--device",
+              "--precision"],  # the device class and precision are in the keys
+     ["--force", "--executor", "--address", "--cache", "--site", "--threads"]),
     ("leaderboard", ["--results", "--site", "--cache"], ["--force", "--grid", "--device", "--executor", "--only"]),
     ("stale", ["--results"], ["--grid", "--force", "--cache", "--dry-run"]),
     ("prune", ["--results", "--dry-run"], ["--grid", "--force", "--cache"]),
@@ -57,7 +58,7 @@ def test_the_top_level_help_names_every_command(capsys):
 
 @pytest.mark.parametrize("argv", [
     ["leaderboard", "--force"], ["leaderboard", "--grid", "nope"], ["list", "--address", "x"], ["list", "--stale"],
-    ["plan", "--device", "cuda"], ["stale", "--grid", "paper"], ["prune", "--force"],
+    ["plan", "--threads", "1"], ["stale", "--grid", "paper"], ["prune", "--force"],
 ])
 def test_another_commands_options_are_refused(capsys, argv):
     assert "unrecognized arguments" in rejected(capsys, *argv)

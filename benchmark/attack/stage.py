@@ -20,6 +20,7 @@ re-attacks. Whatever a plugin does, the harness
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import time
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ from benchmark.data.images import ImageSet
 from benchmark.parts.steps import reporting_iterations
 from benchmark.planning.plan import AttackPlan, CellPlan, TargetsPlan
 from benchmark.session import Session
+from benchmark.victim.compute import ENCODING_BATCH, PROBE_IMAGES, ComputeSettings, in_batches, probe_attack_batch
 from benchmark.victim.guard import PluginLeak, check_model_kept, model_fingerprint, torch_settings_kept
 from benchmark.victim.model import HashModel
 from benchmark.victim.train import ProtectedImages, Protection, Trained
@@ -46,6 +48,7 @@ class AttackOutcome:
     seconds: float                            # in perturb, all queries
     gallery: dict = field(default_factory=dict)  # {"clean": (G, C, H, W), "adversarial": (G, C, H, W)} of ``keep``
     snapshot_perturbation: dict[int, dict[str, float]] = field(default_factory=dict)  # the same, earlier snapshots
+    batch_size: int = 0                       # queries per batch the attack ran at (after any out-of-memory halving)
 
     @property
     def final_iterations(self) -> int:
@@ -176,8 +179,11 @@ def attack_all(plan: AttackPlan, victim: Trained, attacker: Trained, attacker_da
     prepared = prepare(attack, ctx, plan, s)
     models.check("prepare()", weights=False)  # the weights once, at the end: hashing them is what costs
     ctx.generator.manual_seed(plan.seed)
-    outcome = perturb_queries(attack, splits.query, targets, plan.epsilon, victim.model, s.attack_batch, s.device,
-                              s.stage, keep=gallery_queries(len(splits.query), victim.plan.seed))
+    compute = dataclasses.replace(s.compute, precision=plan.precision)
+    batch_size = s.attack_batch or probe_attack_batch(attacker.model, splits.query.load(torch.arange(
+        min(PROBE_IMAGES, len(splits.query)))), s.device, len(splits.query), compute)
+    outcome = perturb_queries(attack, splits.query, targets, plan.epsilon, victim.model, batch_size, s.device,
+                              s.stage, keep=gallery_queries(len(splits.query), victim.plan.seed), compute=compute)
     models.check("perturb()")
     return {"outcome": vars(outcome), "prepare_seconds": prepared["seconds"], "prepare_info": prepared["info"]}
 
@@ -243,23 +249,27 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
         protected_queries = plan.cell.scenario[0] == "a"
         query_codes = released["query"] if protected_queries else clean_query_codes.cpu()
         epsilon = getattr(protection.defense, "epsilon", None) if protection is not None else None
-        statistics, protected, seconds = PerturbationStatistics(epsilon), PerturbationStatistics(epsilon), 0.0
+        statistics, protected, seconds = PerturbationStatistics(epsilon), PerturbationStatistics(epsilon), [0.0]
         kept = Kept(gallery_queries(len(splits.query), plan.victim.seed))
         images = ProtectedImages(splits.query, protection.defense, device=s.device) if protection is not None else None
-        for x, _, index in splits.query.batches(s.attack_batch):
+
+        def run(x, _, index):
             synchronize(s.device)
             started = time.perf_counter()
             x_protected = images.load(index) if images is not None else x
             synchronize(s.device)
-            seconds += time.perf_counter() - started
+            seconds[0] += time.perf_counter() - started
             x_released = x_protected if protected_queries else x
             statistics.add(x, x_released, 0)
             protected.add(x, x_protected, 0)
             kept.add(index, x, x_released)
+
+        batch_size = in_batches(splits.query, s.attack_batch or ENCODING_BATCH, run, s.device)
         perturbation = statistics.result()
         perturbation.update({name: protected.result()[name] for name in ("universal_share", "saturated_share")})
-        seconds = seconds if protected_queries else 0.0
-        outcome = AttackOutcome({0: query_codes}, {}, perturbation, seconds, kept.result())
+        seconds = seconds[0] if protected_queries else 0.0
+        outcome = AttackOutcome({0: query_codes}, {}, perturbation, seconds, kept.result(),
+                                batch_size=min(batch_size, len(splits.query)))
         return {"outcome": vars(outcome), "prepare_seconds": 0.0, "prepare_info": {}}
 
     stored = s.cached("attacks", plan.attack.key, release)
@@ -268,49 +278,64 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
 
 def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, epsilon: float | None,
                     victim: HashModel, batch_size: int, device: torch.device, stage=lambda message: None,
-                    keep: torch.Tensor | None = None) -> AttackOutcome:
+                    keep: torch.Tensor | None = None, compute: ComputeSettings | None = None) -> AttackOutcome:
     """Perturb every query, project, encode under the victim; per-iteration codes for snapshot runs.
 
-    The final clean and adversarial images of the queries at ``keep`` are returned for the gallery.
+    A batch that runs out of CUDA memory is perturbed again at half the size, from the random states it started
+    with, and the others carry on at that size (``compute.in_batches``): what a query gets does not depend on
+    the batch it shares. The final clean and adversarial images of the queries at ``keep`` are returned for the
+    gallery; ``batch_size`` on the outcome is the batch the queries ran at in the end.
     """
+    compute = compute or ComputeSettings.for_device(device)
     codes: dict[int, list[torch.Tensor]] = {}
     target_codes: dict[str, list[torch.Tensor]] = {}
     statistics: dict[int, PerturbationStatistics] = {}
     kept = Kept(keep)
-    seconds, done = 0.0, 0
-    for x, labels, index in queries.batches(batch_size):
+    seconds, done = [0.0], [0]
+
+    def run(x, labels, index):
         x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
         synchronize(device)
         started = time.perf_counter()
-        batch = f"attacking queries {done + 1}-{done + len(x)} of {len(queries)}"
-        with torch_settings_kept(attack, "perturb"), reporting_iterations(
+        batch = f"attacking queries {done[0] + 1}-{done[0] + len(x)} of {len(queries)}"
+        with torch_settings_kept(attack, "perturb"), compute.attack_precision(device), reporting_iterations(
                 lambda step, steps: stage(f"{batch}: iteration {step}/{steps}")):
             output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
         synchronize(device)
-        seconds += time.perf_counter() - started
+        elapsed = time.perf_counter() - started
         output = output if isinstance(output, Perturbed) else Perturbed(output)
         snapshots = checked_snapshots(attack, output)
         if codes and set(snapshots) != set(codes):
             raise ValueError(f"attack {attack.name} returned snapshots at iterations {sorted(snapshots)} for one batch "
                              f"and {sorted(codes)} for another")
-        final_iteration = max(snapshots)
+        final_iteration, released = max(snapshots), {}
         for iteration, images in sorted(snapshots.items()):
             images = check_images(attack.name, images, x, f"at iteration {iteration}")
             images, violations = enforce_budget(images, x, epsilon)
+            victim.eval()
+            released[iteration] = images, violations, victim.codes(images).cpu()
+        aimed = {name: check_codes(attack.name, name, value, len(x))
+                 for name, value in checked_code_names(attack, output).items()}
+        for iteration, (images, violations, batch_codes) in released.items():  # nothing kept before it all ran
             statistics.setdefault(iteration, PerturbationStatistics(epsilon)).add(x, images, violations)
             if iteration == final_iteration:
                 kept.add(index, x, images)
-            victim.eval()
-            codes.setdefault(iteration, []).append(victim.codes(images).cpu())
-        for name, aimed in checked_code_names(attack, output).items():
-            target_codes.setdefault(name, []).append(check_codes(attack.name, name, aimed, len(x)))
-        done += len(x)
-        stage(f"attacking {done}/{len(queries)} queries")
+            codes.setdefault(iteration, []).append(batch_codes)
+        for name, value in aimed.items():
+            target_codes.setdefault(name, []).append(value)
+        seconds[0] += elapsed
+        done[0] += len(x)
+        stage(f"attacking {done[0]}/{len(queries)} queries")
+
+    ctx = getattr(attack, "ctx", None)
+    settled = in_batches(queries, batch_size, run, device, generators=[getattr(ctx, "generator", None)],
+                         halved=lambda size: stage(f"out of memory: attacking with batches of {size} queries"))
     final = max(statistics)
     return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
                          {name: torch.cat(c) for name, c in target_codes.items()},
-                         statistics[final].result(), seconds, kept.result(),
-                         {it: s.result() for it, s in statistics.items() if it != final})
+                         statistics[final].result(), seconds[0], kept.result(),
+                         {it: s.result() for it, s in statistics.items() if it != final},
+                         min(settled, len(queries)))
 
 
 def checked_snapshots(attack: Attack, output: Perturbed) -> dict[int, torch.Tensor]:

@@ -17,6 +17,7 @@ from benchmark.data.images import ImageSet
 from benchmark.planning.plan import CodesPlan, ReleasePlan
 from benchmark.scoring.flags import victim_diagnostics
 from benchmark.session import Session
+from benchmark.victim.compute import ENCODING_BATCH, in_batches
 from benchmark.victim.guard import torch_settings_kept
 from benchmark.victim.model import HashModel
 from benchmark.victim.train import ProtectedImages, Protection, Trained
@@ -60,5 +61,8 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
 
 
 @torch.no_grad()
-def encode(model: HashModel, images: ImageSet, device: torch.device, batch_size: int = 1000) -> torch.Tensor:
-    return torch.cat([model.codes(x.to(device)).cpu() for x, _, _ in images.batches(batch_size)])
+def encode(model: HashModel, images: ImageSet, device: torch.device, batch_size: int = ENCODING_BATCH) -> torch.Tensor:
+    """Codes of every image, in batches halved on CUDA out-of-memory (a batch's codes do not depend on its size)."""
+    codes = []
+    in_batches(images, batch_size, lambda x, _, __: codes.append(model.codes(x.to(device)).cpu()), device)
+    return torch.cat(codes)

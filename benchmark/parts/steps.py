@@ -87,11 +87,30 @@ def codes_with_label(database_codes: torch.Tensor, database_labels: torch.Tensor
 def anchor_codes(database_codes: torch.Tensor, database_labels: torch.Tensor, target_labels: torch.Tensor,
                  n_anchors: int, generator: torch.Generator) -> torch.Tensor:
     """DHTA's anchor code for each target label (paper Eq. 6): the component vote over ``n_anchors`` database
-    items whose label vector equals the target, (B, K) in {-1, +1}. ``n_anchors = 1`` is P2P's target code."""
+    items whose label vector equals the target, (B, K) in {-1, +1}. ``n_anchors = 1`` is P2P's target code.
+
+    The items are drawn as ``codes_with_label`` draws them, query after query from ``generator``; the matching
+    is done for the whole batch at once, with two host reads per batch (the matches and their counts)."""
     device = database_labels.device
-    return torch.stack([label_vote_code(codes_with_label(database_codes, database_labels, target.to(device),
-                                                         n_anchors, generator))
-                        for target in target_labels])
+    matches = equal_rows(target_labels.to(device, database_labels.dtype), database_labels)     # (B, N)
+    items = torch.nonzero(matches)[:, 1]          # the matching items' indices, query after query, ascending
+    counts = matches.sum(1).tolist()
+    picks, start = [], 0
+    for query, count in enumerate(counts):
+        if count == 0:
+            raise ValueError(f"no database item has the target label vector {target_labels[query].int().tolist()}")
+        pick = (torch.randperm(count, generator=generator)[:n_anchors] if count >= n_anchors
+                else torch.randint(count, (n_anchors,), generator=generator))
+        picks.append(pick + start)
+        start += count
+    chosen = items[torch.stack(picks).to(device)]                                                  # (B, n_anchors)
+    return torch.where(database_codes[chosen].sum(1) >= 0, 1.0, -1.0)
+
+
+def equal_rows(rows: torch.Tensor, table: torch.Tensor, elements: int = 2 ** 26) -> torch.Tensor:
+    """(B, N) bool: whether ``rows[i]`` equals ``table[j]`` exactly, compared in chunks of at most ``elements``."""
+    step = max(1, elements // max(1, table.numel()))
+    return torch.cat([(rows[i:i + step, None, :] == table[None]).all(-1) for i in range(0, len(rows), step)])
 
 
 STEP_RULES = ("sign", "l2", "raw")

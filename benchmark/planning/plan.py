@@ -6,11 +6,12 @@ the data protection), the codes, the targets, the attack's preparation and outco
 itself. It is picklable, so ``run_cell(plan, session)`` runs it in this process or on a Ray worker alike
 (see ``benchmark.cell``).
 
-    planner = Planner(registry, data_root=None)
+    planner = Planner(registry, data_root=None, compute=session.compute)
     plans = [planner.plan(cell) for cell in cells]
 
 Keys hash what a stage depends on: plugin names, parameters and source files, the dataset's content
-fingerprint, the seed, the harness version, the keys of the stages before it, and the harness code the stage
+fingerprint, the seed, the harness version, the keys of the stages before it, the device class and precision
+settings of the stages that compute on the device (``benchmark.victim.compute``), and the harness code the stage
 runs (``benchmark.keys.stage_code``: its subpackage and everything it and its plugins import). Seeds come
 from the cell's identity alone, never from a key, so an edit to code changes no random draw. Every file a
 cell's numbers depend on is listed, with its hash, in ``sources`` (stored on every row), so the leaderboard
@@ -28,6 +29,7 @@ from benchmark.keys import HARNESS_VERSION, code_hash, content_key, stage_code
 from benchmark.planning.grid import Cell
 from benchmark.plugins import REPO_ROOT, Plugin, Registry
 from benchmark.scoring.evaluate import EvaluationConventions
+from benchmark.victim.compute import ComputeSettings
 
 # a dataset identity's entries recorded on rows but in no key: the same contents elsewhere, or a registry that names
 # more variants, give the same numbers
@@ -140,6 +142,7 @@ class AttackPlan:
     prepare_key: str                   # what ``prepare`` learned
     prepare_seed: int                  # its random draws: the attacker's identity, the attack and its parameters
     seed: int                          # ``perturb``'s random draws (random starts, anchor picks): the cell's identity
+    precision: str = "fp32"            # the attack's forwards: fp32, or bf16 autocast (``ComputeSettings.precision``)
 
 
 @dataclass(frozen=True)
@@ -157,6 +160,7 @@ class CellPlan:
     conventions: EvaluationConventions
     data_identity: dict
     sources: dict = field(default_factory=dict, compare=False, hash=False)
+    compute: ComputeSettings = field(default_factory=ComputeSettings)  # the device class and precision of its keys
 
     @property
     def attacker(self) -> VictimPlan:
@@ -198,11 +202,12 @@ class Planner:
     """Resolves cells into plans; loads each dataset once (its content fingerprint is part of every key)."""
 
     def __init__(self, registry: Registry, data_root: str | None = None,
-                 conventions: EvaluationConventions | None = None):
+                 conventions: EvaluationConventions | None = None, compute: ComputeSettings | None = None):
         given_data_roots(data_root)  # a --data-root or $HASHBENCH_DATA that does not exist fails here, before any work
         self.registry = registry
         self.data_root = data_root
         self.conventions = conventions or EvaluationConventions()
+        self.compute = compute or ComputeSettings()
         self._datasets: dict[str, tuple[PluginChoice, dict]] = {}
 
     def choice(self, kind: str, name: str, cell: Cell) -> PluginChoice:
@@ -237,7 +242,7 @@ class Planner:
         learned = {k: v for k, v in defense.params.items() if k not in plugin.release_parameters}
         key = content_key(stage="protection", harness=HARNESS_VERSION, code=self.code("protection", dataset, defense),
                           dataset=identity["training"], defense=[defense.name, learned, defense.source_hash],
-                          seed=cell.seed)
+                          seed=cell.seed, compute=self.compute.device_settings())
         return ProtectionPlan(key, dataset, defense, cell.seed)
 
     def victim(self, cell: Cell, hashing: str, backbone: str, bits: int, defense: str,
@@ -257,7 +262,7 @@ class Planner:
             start = self.victim(cell, hashing, backbone, bits, "none")
         parts = dict(stage="victim", harness=HARNESS_VERSION, code=self.code("victim", dataset, method, training),
                      dataset=identity["training"], hashing=method.identity(), defense=training.identity(),
-                     backbone=backbone, bits=bits, seed=cell.seed)
+                     backbone=backbone, bits=bits, seed=cell.seed, compute=self.compute.device_settings())
         if protection is not None:
             parts.update(train_data=train_data, protection=protection.key)
         if start is not None:
@@ -281,7 +286,7 @@ class Planner:
 
     def codes(self, victim: VictimPlan, split: str) -> CodesPlan:
         key = content_key(stage="codes", harness=HARNESS_VERSION, code=self.code("codes"), victim=victim.key,
-                          split=split)
+                          split=split, compute=self.compute.device_settings())
         return CodesPlan(key, victim, split)
 
     def surrogate(self, cell: Cell) -> VictimPlan | None:
@@ -299,7 +304,7 @@ class Planner:
             return None
         key = content_key(stage="release", harness=HARNESS_VERSION, code=self.code("codes", protection.defense),
                           victim=codes.victim.key, split=codes.split, protection=protection.key,
-                          release=protection.defense.params, seed=cell.seed)
+                          release=protection.defense.params, seed=cell.seed, compute=self.compute.device_settings())
         return ReleasePlan(key, protection, cell.seed)
 
     def targets(self, cell: Cell, split: str) -> TargetsPlan:
@@ -313,7 +318,8 @@ class Planner:
         configured = attack.configure(self.registry)
         prepared = [attack.name, configured.prepare_parameters(), attack.source_hash]
         prepare_key = content_key(stage="prepare", harness=HARNESS_VERSION, code=self.code("prepare", attack),
-                                  victim=attacker.key, attack=prepared, seed=cell.seed)
+                                  victim=attacker.key, attack=prepared, seed=cell.seed,
+                                  compute=self.compute.device_settings())
         prepare_seed = identity_seed(seed=cell.seed, attack=[attack.name, configured.prepare_parameters()],
                                      attacker=[cell.dataset, attacker.hashing.name, attacker.backbone, attacker.bits,
                                                attacker.defense.name, attacker.train_data])
@@ -324,8 +330,9 @@ class Planner:
                           epsilon=cell.epsilon, scenario=cell.scenario,
                           protection=([protection.key, protection.defense.params]
                                       if protection and cell.scenario != "c2c" else None),
-                          targets=targets.key)
-        return AttackPlan(key, attack, cell.epsilon, prepare_key, prepare_seed, attack_seed(cell))
+                          targets=targets.key, compute=self.compute.as_dict())
+        return AttackPlan(key, attack, cell.epsilon, prepare_key, prepare_seed, attack_seed(cell),
+                          self.compute.precision)
 
     def plan(self, cell: Cell) -> CellPlan:
         dataset, identity = self.dataset(cell)
@@ -340,7 +347,7 @@ class Planner:
                           conventions=self.conventions.as_dict())
         return CellPlan(cell, key, victim, codes, surrogate, surrogate and self.codes(surrogate, identity["split"]),
                         targets, attack, protection, self.release(cell, codes, protection), self.conventions,
-                        identity, self.sources(victim, surrogate, attack.attack, protection, cell_code))
+                        identity, self.sources(victim, surrogate, attack.attack, protection, cell_code), self.compute)
 
     def sources(self, victim: VictimPlan, surrogate: VictimPlan | None, attack: PluginChoice,
                 protection: ProtectionPlan | None, cell_code: dict[str, str]) -> dict[str, str]:

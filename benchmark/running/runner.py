@@ -32,6 +32,7 @@ from benchmark.storage.cache import check_writable, remove_dead_temporaries
 from benchmark.storage.claims import ClaimTimeout, check_lock_support, claim, try_claim
 from benchmark.storage.folders import check_store_folder
 from benchmark.storage.results import cell_done, write_cell
+from benchmark.victim.compute import ComputeSettings
 
 log = logging.getLogger("hashbench")
 
@@ -100,7 +101,7 @@ class Runner:
                  device: str = "auto", data_root: str | None = None, attack_batch: int = 0,
                  backend: str = "torch", target_rule: str | None = None,
                  conventions: EvaluationConventions | None = None, force: bool = False, force_victims: bool = False,
-                 claim_timeout: float | None = None):
+                 claim_timeout: float | None = None, precision: str = "fp32"):
         if target_rule is not None and target_rule not in TARGET_RULES:
             raise ValueError(f"unknown target rule {target_rule!r}; accepted: {', '.join(TARGET_RULES)}")
         if attack_batch < 0:
@@ -119,7 +120,8 @@ class Runner:
         self.recompute = recompute_stages(force, force_victims)
         self.environment = environment(self.device)
         self.attack_batch = attack_batch  # as asked (0: the device's default), for workers on other devices
-        self.planner = Planner(registry, data_root, self.conventions)
+        self.compute_settings = ComputeSettings.for_device(self.device, precision)  # in the keys, on the rows
+        self.planner = Planner(registry, data_root, self.conventions, self.compute_settings)
         self.progress: Progress | None = None
         self.counts = new_counts()  # of the run in progress (so far, if it is interrupted)
         self.session = Session.start(registry, self.cache_dir, self.device, data_root, attack_batch,

@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from benchmark.victim.compute import full_precision
+
 log = logging.getLogger("hashbench")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -60,8 +62,10 @@ class HashModel(nn.Module):
 
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
-        """Binary codes sign(y) in {-1, +1}; an exact zero maps to +1."""
-        return binarize(self.logits(x))
+        """Binary codes sign(y) in {-1, +1}; an exact zero maps to +1. Always in fp32, even inside an attack's
+        bf16 autocast (``benchmark.victim.compute``): a sign near 0 would flip."""
+        with full_precision(x.device.type):
+            return binarize(self.logits(x))
 
 
 def binarize(values: torch.Tensor) -> torch.Tensor:

@@ -54,7 +54,7 @@ def trained_victim(plan: VictimPlan, splits: Splits, s: Session) -> Trained:
 def load_or_train_victim(plan: VictimPlan, splits: Splits, s: Session) -> Trained:
     if plan.key in s.failed_victims:  # not retrained for every cell of it; a new run tries again
         raise VictimTrainingFailed(f"training {plan.label()} failed earlier in this run: {s.failed_victims[plan.key]}")
-    model = fresh_model(plan, splits, s.device)
+    model = s.compute.laid_out(fresh_model(plan, splits, s.device))  # channels_last on CUDA
 
     def train() -> dict:
         try:

@@ -78,6 +78,9 @@ class SDHA(Attack):
         reference = target_labels if self.targeted else labels
         relevant = (reference.float() @ self.train_labels.float().t()) > 0     # (B, N)
         lonely = ~relevant.any(1)                                              # no relevant training item
+        # read once, before the loop: a host read inside it would stall the GPU every iteration
+        fall_back = not self.targeted and bool(lonely.any())
+        own_code = torch.eye(len(x), device=x.device) if fall_back else None
         scale = self.distance_weight / clean_codes.shape[1]
         sharpness = self.targeted_sharpness if self.targeted else self.sharpness
         power = self.targeted_weight_power if self.targeted else self.weight_power
@@ -87,9 +90,8 @@ class SDHA(Attack):
             relaxed = model(x_adv, alpha=alpha)                                # (B, K)
             surrogate = self.weighted_distance(relaxed, self.train_codes, relevant, sharpness, power,
                                                self.targeted)
-            if not self.targeted and lonely.any():                             # fall back on the own code
-                own = self.weighted_distance(relaxed, clean_codes, torch.eye(len(x), device=x.device),
-                                             sharpness, power)
+            if fall_back:                                                      # on the own code
+                own = self.weighted_distance(relaxed, clean_codes, own_code, sharpness, power)
                 surrogate = torch.where(lonely, own, surrogate)
             mse = (x_adv - x).pow(2).flatten(1).mean(1)
             return (mse + scale * surrogate if self.targeted else mse - scale * surrogate).sum()
