@@ -48,6 +48,18 @@ def flipped(codes: torch.Tensor, k: int, generator: torch.Generator) -> torch.Te
     return codes * sign
 
 
+def linear_flip_distance(model, x: torch.Tensor) -> torch.Tensor:
+    """(Q, K) the L-inf perturbation that would flip each bit if the network were linear around x: the
+    bit's pre-activation |y_i| over the L1 norm of its input gradient (one backward pass per bit)."""
+    x = x.clone().requires_grad_(True)
+    logits = model.logits(x)
+    distance = torch.empty_like(logits)
+    for bit in range(logits.shape[1]):
+        gradient, = torch.autograd.grad(logits[:, bit].sum(), x, retain_graph=True)
+        distance[:, bit] = logits[:, bit].abs() / gradient.abs().flatten(1).sum(1).clamp_min(1e-12)
+    return distance.detach()
+
+
 def fmt(values: dict) -> str:
     return "  ".join(f"{'all' if k in (0, None) else '@' + str(k)} {v:.4f}" for k, v in values.items())
 
@@ -69,6 +81,11 @@ def report_dataset(plan, runner: Runner) -> None:
           f"share < 0.1: {(relaxed < 0.1).float().mean():.3f}, < 0.5: {(relaxed < 0.5).float().mean():.3f}, "
           f"> 0.99: {(relaxed > 0.99).float().mean():.3f}; bits < 0.5 per query: "
           f"{(relaxed < 0.5).sum(1).float().mean():.2f} of {relaxed.shape[1]}")
+    distance = linear_flip_distance(victim.model, splits.query.load(torch.arange(len(splits.query))))
+    print(f"first-order L-inf distance to flip a bit (|y| / ||dy/dx||_1, in /255): median "
+          f"{distance.median() * 255:.1f}, share under 8/255 {(distance < 8 / 255).float().mean():.3f}, under 16/255 "
+          f"{(distance < 16 / 255).float().mean():.3f}; bits under 8/255 per query "
+          f"{(distance < 8 / 255).sum(1).float().mean():.2f}")
     generator = torch.Generator().manual_seed(0)
     conventions = plan.conventions
     print("mAP with k random bits of every query code flipped (the metric's response; k = bits: the antipode):")
@@ -82,7 +99,7 @@ def report_dataset(plan, runner: Runner) -> None:
 def report_attack(plan, runner: Runner, clean_query: torch.Tensor, rows) -> None:
     stored = runner.session.cache.load("cells", plan.key)
     if stored is None:
-        print(f"  {plan.cell.attack} eps {plan.cell.epsilon}: not computed yet")
+        print(f"  {plan.cell.attack:5s} eps {plan.cell.epsilon * 255:4.0f}/255: not computed yet")
         return
     adversarial = stored["adversarial_codes"].float()
     distance = (adversarial != clean_query.float()).sum(1).float()
