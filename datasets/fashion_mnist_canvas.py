@@ -39,8 +39,8 @@ fashion_mnist plugin (same data roots and download).
 from __future__ import annotations
 
 import typing
-from typing import Annotated
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch

@@ -16,19 +16,20 @@ import math
 import sys
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmark.cell import dataset_splits  # noqa: E402
-from benchmark.encoding.codes import clean_codes  # noqa: E402
-from benchmark.planning.grid import expand, load_preset  # noqa: E402
-from benchmark.plugins import Registry  # noqa: E402
-from benchmark.running.runner import Runner  # noqa: E402
-from benchmark.scoring.evaluate import evaluate_queries  # noqa: E402
-from benchmark.victim.train import trained_victim  # noqa: E402
-from label_statistics import label_statistics  # noqa: E402
+from label_statistics import label_statistics
+
+from benchmark.cell import dataset_splits
+from benchmark.encoding.codes import clean_codes
+from benchmark.planning.grid import expand, load_preset, parse_filters
+from benchmark.plugins import Registry
+from benchmark.running.runner import Runner
+from benchmark.scoring.evaluate import evaluate_queries
+from benchmark.victim.train import trained_victim
 
 CUTOFFS = (None, 1000, 5000)
 FLIPS = (0, 1, 2, 4, 8, 12, 16, 24, 32)
@@ -125,9 +126,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cache", required=True)
     parser.add_argument("--only", action="append", default=[], help="as bench.py's --only AXIS=V1,V2")
     args = parser.parse_args(argv)
-    from benchmark.planning.grid import parse_filters
-    import pandas as pd
-
     registry = Registry.discover()
     runner = Runner(registry, args.results, args.cache, device="cpu")
     cells = expand(load_preset(args.grid), registry, parse_filters(args.only))
