@@ -70,8 +70,8 @@ STAND_IN_PAPER_BACKBONE = {"ppl": "smallcnn"}  # PPL's own FashionMNIST network 
 # for the other architecture, so that cross-backbone transfer has a measured (never like-for-like) value
 STAND_IN_OTHER_BACKBONE = {"prosgan": {"alexnet": "smallcnn"}, "hag": {"vgg19": "smallcnn"}}
 # the label count of each dataset plugin (``num_classes``; tests check these against the plugins)
-PLUGIN_LABELS = {"fashion_mnist": 10, "fashion_mnist_mosaic": 10, "cifar10": 10, "imagenet13": 13, "imagenet100": 100,
-                 "flickr25k": 38, "nuswide": 21, "mscoco": 80}
+PLUGIN_LABELS = {"fashion_mnist": 10, "fashion_mnist_mosaic": 10, "fashion_mnist_canvas": 20, "cifar10": 10,
+                 "imagenet13": 13, "imagenet100": 100, "flickr25k": 38, "nuswide": 21, "mscoco": 80}
 # what a configuration is: points that differ in nothing here are seeds of one configuration
 GROUP_BY = ["dataset", "dataset_label", "hashing_label", "backbone", "bits", "defense_label", "train_data",
             "attack_label", "eps_key", "surrogate", "scenario", "iterations", "topk", *CONVENTION_COLUMNS,

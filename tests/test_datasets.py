@@ -27,7 +27,7 @@ REGISTRY = Registry.discover()
 LIST_SETS = ["flickr25k", "nuswide", "mscoco", "imagenet100", "imagenet13"]
 SINGLE_LABEL = {"imagenet100", "imagenet13"}
 EXPECTED = {  # name -> (classes, multi-label)
-    "fashion_mnist": (10, False), "fashion_mnist_mosaic": (10, True), "cifar10": (10, False),
+    "fashion_mnist": (10, False), "fashion_mnist_mosaic": (10, True), "fashion_mnist_canvas": (20, True), "cifar10": (10, False),
     "flickr25k": (38, True), "nuswide": (21, True), "mscoco": (80, True), "imagenet100": (100, False),
     "imagenet13": (13, False),
 }

@@ -34,7 +34,7 @@ SHRUNK = {  # parameter name -> the dry run's value, for every plugin that has t
     "epochs": 1, "inner_epochs": 1, "decay_epochs": 0, "steps_per_epoch": 1, "num_samples": 8, "batch_size": 8,
     "iterations": 2, "prototype_epochs": 1, "prototype_steps": 1, "prototype_batch": 4, "query_subset": 4,
 }
-STAND_INS = {"fashion_mnist_mosaic"}  # FashionMNIST mosaics: the CPU grids' stand-in, not a paper-scale dataset
+STAND_INS = {"fashion_mnist_mosaic", "fashion_mnist_canvas"}  # the CPU grids' FashionMNIST stand-ins, not paper-scale sets
 DATASET_SIZES = {"fashion_mnist": {"n_train": 8}, "cifar10": {"n_query": 10, "n_train": 10},  # per-class draws
                  "folder": {"path": "folder", "query_share": 0.25, "train_share": 0.67}}  # synthetic_datasets' tree
 PER_PLUGIN = {"attacks.prosgan": {"batch_size": 2}}  # its 224x224 generator: one step of two images

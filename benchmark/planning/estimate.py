@@ -45,7 +45,7 @@ FORWARD_GFLOP = {  # per 224x224 image: torchvision weights meta "_ops" (GMACs) 
     "resnet18": 2 * 1.814, "resnet50": 2 * 4.089,
 }
 ONE_STEP_ATTACKS = {"fgsm": 1, "fgsm_dhta": 1}  # gradient steps of the attacks without an ``iterations`` parameter
-IMAGE_SIDE = {"fashion_mnist": 28, "fashion_mnist_mosaic": 56, "cifar10": 32}  # others: 224 (resized, cropped)
+IMAGE_SIDE = {"fashion_mnist": 28, "fashion_mnist_mosaic": 56, "fashion_mnist_canvas": 64, "cifar10": 32}  # others: 224 (resized, cropped)
 CIFAR10_DATABASE = {"rest": lambda q, t: 60_000 - q - t, "rest+train": lambda q, t: 60_000 - q, "train": lambda q, t: t}
 CIFAR10_PROTOCOLS = {"cifar10": (1_000, 5_000, "rest"), "cifar10-1": (1_000, 5_000, "rest+train"),
                      "cifar10-2": (10_000, 50_000, "train")}  # as datasets/cifar10.py PROTOCOLS
@@ -67,6 +67,7 @@ def card_sizes(name: str, params: dict) -> Sizes:
     builders = {
         "fashion_mnist": lambda p: (10_000, 60_000, p["n_train"]),
         "fashion_mnist_mosaic": lambda p: (p["n_query"], p["n_database"], p["n_train"]),
+        "fashion_mnist_canvas": lambda p: (p["n_query"], p["n_database"], p["n_train"]),
         "cifar10": cifar10_sizes,
         "flickr25k": lambda p: (p["n_query"], 25_000 - p["n_query"], p["n_train"]),
         "nuswide": lambda p: (21 * p["query_quota"], 195_834 - 21 * p["query_quota"], 21 * p["train_quota"]),
