@@ -11,7 +11,7 @@ Matching a reference row to measured points (status ok, current code: stale runs
 * same hashing method, defense, code length and metric; the row's backbone, or, on a stand-in dataset,
   ``smallcnn_fc500`` for the paper's default backbone (PPL: its own ``smallcnn``) and ``smallcnn`` for the
   second architecture of a transfer table (``STAND_IN_OTHER_BACKBONE``; ``:scratch`` suffixes aside);
-* the same dataset, or its CPU-sized stand-in (``STAND_IN``: the FashionMNIST mosaics for the multi-label
+* the same dataset, or its CPU-sized stand-in (``STAND_IN``: the FashionMNIST canvases for the multi-label
   sets, FashionMNIST for the single-label ones), which is never like-for-like;
 * attack: the plugin of the row's name (ProS-GAN's "DHTA + FGSM" and "+ I-FGSM" are the ``fgsm_dhta``
   and ``ifgsm_dhta`` plugins, HAG* is ``hag_star``); ``task`` c2c/c2a/a2c/a2a is the cell's ``scenario`` (an empty task a2c; clean queries match
@@ -62,8 +62,8 @@ TIMING_METRICS = {"seconds_per_image", "prepare_seconds", "score_seconds"}
 CODE_METRICS = {"anchor_code_tmap", "prototype_code_tmap", "anchor_code_map", "prototype_code_map"}
 TARGET_METRIC = re.compile(r"^(t|anchor_code_t|prototype_code_t)")
 # CPU-sized stand-ins for the papers' datasets: never like-for-like, always said so
-STAND_IN = {"flickr25k": "fashion_mnist_mosaic", "nuswide": "fashion_mnist_mosaic", "mscoco": "fashion_mnist_mosaic",
-            "unknown": "fashion_mnist_mosaic", "cifar10": "fashion_mnist", "imagenet13": "fashion_mnist"}
+STAND_IN = {"flickr25k": "fashion_mnist_canvas", "nuswide": "fashion_mnist_canvas", "mscoco": "fashion_mnist_canvas",
+            "unknown": "fashion_mnist_canvas", "cifar10": "fashion_mnist", "imagenet13": "fashion_mnist"}
 STAND_IN_BACKBONE = "smallcnn_fc500"  # the paper's default backbone, on a stand-in dataset (the default grid's net)
 STAND_IN_PAPER_BACKBONE = {"ppl": "smallcnn"}  # PPL's own FashionMNIST network stands for its ResNet-50
 # a second backbone of a paper's transfer tables, on a stand-in dataset: PPL's two-convolution network stands

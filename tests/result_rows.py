@@ -103,7 +103,7 @@ def demo_rows() -> list[dict]:
                       flags="attack_changed_nothing: no query code changed")
     rows += cell_rows({"map": 0.8512}, hashing="adsh", hashing_label="adsh", bits=8, scenario="c2c",
                       n_query=10000, n_database=60000, n_train=10000)
-    mosaic = {"dataset": "fashion_mnist_mosaic", "dataset_label": "fashion_mnist_mosaic", "bits": 32}
+    mosaic = {"dataset": "fashion_mnist_canvas", "dataset_label": "fashion_mnist_canvas", "bits": 32}
     rows += cell_rows({"tmap": (0.55, 0), "map": (0.71, 0)}, **mosaic)
     rows += cell_rows({"tmap": (0.77, 0)}, attack="prosgan", attack_label="prosgan", epsilon=math.nan, targeted=True,
                       **mosaic)

@@ -119,7 +119,7 @@ def test_hag_datasets_are_matched_by_protocol_not_by_name(tmp_path):
 
 
 def test_stand_in_datasets_and_transfer_sources(tmp_path):
-    mosaic = {"dataset": "fashion_mnist_mosaic", "dataset_label": "fashion_mnist_mosaic",
+    mosaic = {"dataset": "fashion_mnist_canvas", "dataset_label": "fashion_mnist_canvas",
               "backbone": "smallcnn_fc500", "attack": "prosgan", "attack_label": "prosgan", "epsilon": math.nan,
               "targeted": True}  # on a stand-in, smallcnn_fc500 stands for VGG-11 and smallcnn for AlexNet
     rows = cell_rows({"tmap": 0.61}, **mosaic, bits=12, surrogate="dpsh/smallcnn/32")  # H-AlexNet* -> H-VGG11
@@ -188,8 +188,8 @@ def test_target_code_rows_take_the_papers_cut_off(tmp_path):
     assert "ε:" not in m["title"] and "attack iterations" not in m["title"]  # no perturbation in a target code
 
 
-MOSAIC = {"dataset": "fashion_mnist_mosaic", "backbone": "smallcnn_fc500", "n_query": 200,
-          "dataset_label": "fashion_mnist_mosaic[query_subset=200]"}
+MOSAIC = {"dataset": "fashion_mnist_canvas", "backbone": "smallcnn_fc500", "n_query": 200,
+          "dataset_label": "fashion_mnist_canvas[query_subset=200]"}
 
 
 def test_a_shortened_runs_snapshot_is_the_one_nearest_the_papers_iteration_count(tmp_path):
@@ -210,11 +210,11 @@ def test_a_paper_table_row_takes_its_values_from_one_query_set(tmp_path):
     """ProS-GAN Table 1's DHTA row: the 200-query block has 12 and 32 bits; the 50-query timing block only
     32 bits, at the paper's 2000 iterations (one difference fewer). The row shows the 200-query block in both
     columns, never the 50-query value beside the 200-query one."""
-    dhta = {"dataset": "fashion_mnist_mosaic", "backbone": "smallcnn_fc500", "attack": "dhta",
+    dhta = {"dataset": "fashion_mnist_canvas", "backbone": "smallcnn_fc500", "attack": "dhta",
             "attack_label": "dhta", "epsilon": 8 / 255, "targeted": True, "target_rule": "any"}
-    block200 = {"dataset_label": "fashion_mnist_mosaic[query_subset=200]", "n_query": 200,
+    block200 = {"dataset_label": "fashion_mnist_canvas[query_subset=200]", "n_query": 200,
                 "attack_params": json.dumps({"iterations": 300})}
-    block50 = {"dataset_label": "fashion_mnist_mosaic[query_subset=50]", "n_query": 50,
+    block50 = {"dataset_label": "fashion_mnist_canvas[query_subset=50]", "n_query": 50,
                "attack_params": json.dumps({"iterations": 2000})}
     rows = cell_rows({"tmap": 0.61}, **dhta, **block200, bits=12)
     rows += cell_rows({"tmap": 0.62}, **dhta, **block200, bits=32)
