@@ -35,6 +35,18 @@ def fmt_tick(v: float) -> str:
     return f"{v:g}" if abs(v) >= 1e-3 or v == 0 else f"{v:.0e}"
 
 
+def y_grid_and_axis_labels(py, y0: float, y1: float, xlabel: str, ylabel: str) -> list[str]:
+    """The horizontal grid lines with their tick labels, and both axis titles (``py``: value -> pixel row)."""
+    pw, ph = W - LEFT - RIGHT, H - TOP - BOTTOM
+    out = [f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
+           f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{escape(fmt_tick(t))}</text>'
+           for t in nice_ticks(y0, y1)]
+    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="axis">{escape(xlabel)}</text>'
+               f'<text transform="translate(12 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
+               f'class="axis">{escape(ylabel)}</text>')
+    return out
+
+
 def line_chart(series: list[dict], xlabel: str, ylabel: str, ylim: tuple[float, float] | None = (0.0, 1.0),
                xlog: bool | None = None, xmin: float | None = None, xfmt=fmt_tick) -> str:
     """SVG for ``series``: dicts with ``label``, ``points`` [(x, y)], ``color``, ``dash``; ``hline`` = y only.
@@ -78,12 +90,7 @@ def line_chart(series: list[dict], xlabel: str, ylabel: str, ylim: tuple[float, 
     for t in xticks:
         out.append(f'<line x1="{px(t):.1f}" x2="{px(t):.1f}" y1="{TOP}" y2="{TOP + ph}" class="grid"/>'
                    f'<text x="{px(t):.1f}" y="{TOP + ph + 14}" text-anchor="middle">{escape(xfmt(t))}</text>')
-    for t in nice_ticks(y0, y1):
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
-                   f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{escape(fmt_tick(t))}</text>')
-    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="axis">{escape(xlabel)}</text>'
-               f'<text transform="translate(12 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
-               f'class="axis">{escape(ylabel)}</text>')
+    out += y_grid_and_axis_labels(py, y0, y1, xlabel, ylabel)
     for s in series:
         dash = f' stroke-dasharray="{s["dash"]}"' if s.get("dash") else ""
         title = f"<title>{escape(s['label'])}</title>"
@@ -134,12 +141,7 @@ def scatter_chart(points: list[dict], xlabel: str, ylabel: str) -> str:
             x = px(10.0 ** e)
             out.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{TOP}" y2="{TOP + ph}" class="grid"/>'
                        f'<text x="{x:.1f}" y="{TOP + ph + 14}" text-anchor="middle">{escape(fmt_tick(10.0 ** e))}</text>')
-    for t in nice_ticks(y0, y1):
-        out.append(f'<line x1="{LEFT}" x2="{LEFT + pw}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
-                   f'<text x="{LEFT - 4}" y="{py(t) + 4:.1f}" text-anchor="end">{escape(fmt_tick(t))}</text>')
-    out.append(f'<text x="{LEFT + pw / 2}" y="{H - 6}" text-anchor="middle" class="axis">{escape(xlabel)}</text>'
-               f'<text transform="translate(12 {TOP + ph / 2}) rotate(-90)" text-anchor="middle" '
-               f'class="axis">{escape(ylabel)}</text>')
+    out += y_grid_and_axis_labels(py, y0, y1, xlabel, ylabel)
     front = sorted((p for p in points if p["front"]), key=lambda p: p["x"])
     if len(front) > 1:
         steps = [f"{px(front[0]['x']):.1f},{py(front[0]['y']):.1f}"]
