@@ -22,7 +22,8 @@ from leaderboard.store import isnum, json_dict
 
 PARAM_COLUMNS = (("datasets", "dataset", "dataset_params"), ("hashing", "hashing", "hashing_params"),
                  ("defenses", "defense", "defense_params"), ("attacks", "attack", "attack_params"))
-CONVENTION_OPTIONS = (("search_backend", "--backend", "torch"), ("zero_relevant", "--zero-relevant", "count_as_zero"))
+CONVENTION_OPTIONS = (("search_backend", "--backend", "torch"), ("zero_relevant", "--zero-relevant", "count_as_zero"),
+                      ("precision", "--precision", "fp32"))
 
 
 def setting_text(value) -> str | None:

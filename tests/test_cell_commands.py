@@ -6,6 +6,7 @@ import dataclasses
 import shlex
 
 import pytest
+import torch
 from conftest import write_grid
 
 from benchmark.cli import expand_grid, parse_args
@@ -14,6 +15,7 @@ from benchmark.planning.grid import expand, grid_preset, load_preset, parse_filt
 from benchmark.planning.plan import Planner
 from benchmark.rows import base_row
 from benchmark.scoring.evaluate import EvaluationConventions
+from benchmark.victim.compute import ComputeSettings
 from leaderboard.commands import cell_command, epsilon_text, setting_text
 
 GRID = """
@@ -72,7 +74,9 @@ def planned_key(command: str, registry) -> list[str]:
     if args.target_rule is not None:
         cells = [dataclasses.replace(c, target_rule=args.target_rule) for c in cells]
     conventions = EvaluationConventions(args.backend, args.zero_relevant)
-    planner = PLANNERS.setdefault((args.data_root, conventions), Planner(registry, args.data_root, conventions))
+    compute = ComputeSettings.for_device(torch.device("cpu"), args.precision)
+    planner = PLANNERS.setdefault((args.data_root, conventions, compute),
+                                  Planner(registry, args.data_root, conventions, compute))
     return [planner.plan(c).key for c in cells]
 
 
@@ -123,3 +127,12 @@ def test_only_grid_needs_the_axes_without_a_default(registry):
 def test_setting_and_epsilon_texts_round_trip():
     assert setting_text(True) == "true" and setting_text(0.1 + 0.2) == repr(0.1 + 0.2) and setting_text([1]) is None
     assert epsilon_text(8 / 255) == "8/255" and epsilon_text(0.05) == "0.05"
+
+
+def test_a_bf16_rows_command_asks_for_bf16(tmp_path, registry):
+    cells = [c for c in expand(load_preset(str(write_grid(tmp_path / "g.toml", GRID))), registry)
+             if c.attack == "pgd" and c.bits == 16 and c.seed == 0 and c.surrogate == "self" and c.defense == "none"]
+    planner = Planner(registry, None, EvaluationConventions(), ComputeSettings.for_device(torch.device("cpu"), "bf16"))
+    plan = planner.plan(cells[0])
+    command, _ = cell_command(base_row(plan, registry, 250, 0.0), registry)
+    assert "--precision bf16" in command and planned_key(command, registry) == [plan.key]
