@@ -68,7 +68,7 @@ class Session:
               claim_timeout: float | None = None, report_wait: Callable[[str], None] | None = None,
               recompute: frozenset = frozenset()) -> "Session":
         """``report_wait`` is told whom a stage waits for (default: ``progress``). ``attack_batch`` 0: on CUDA,
-        sized by a probe of the model and the free memory (``benchmark.attack.batching``), 250 on the CPU.
+        sized by a probe of the model and the free memory (``benchmark.victim.compute``), 250 on the CPU.
         The device's compute settings (``benchmark.victim.compute``) are applied to the process here; the
         precision of an attack's forwards is its plan's."""
         progress = progress or (lambda message: None)

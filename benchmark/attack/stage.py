@@ -249,16 +249,17 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
         protected_queries = plan.cell.scenario[0] == "a"
         query_codes = released["query"] if protected_queries else clean_query_codes.cpu()
         epsilon = getattr(protection.defense, "epsilon", None) if protection is not None else None
-        statistics, protected, seconds = PerturbationStatistics(epsilon), PerturbationStatistics(epsilon), [0.0]
+        statistics, protected, seconds = PerturbationStatistics(epsilon), PerturbationStatistics(epsilon), 0.0
         kept = Kept(gallery_queries(len(splits.query), plan.victim.seed))
         images = ProtectedImages(splits.query, protection.defense, device=s.device) if protection is not None else None
 
         def run(x, _, index):
+            nonlocal seconds
             synchronize(s.device)
             started = time.perf_counter()
             x_protected = images.load(index) if images is not None else x
             synchronize(s.device)
-            seconds[0] += time.perf_counter() - started
+            seconds += time.perf_counter() - started
             x_released = x_protected if protected_queries else x
             statistics.add(x, x_released, 0)
             protected.add(x, x_protected, 0)
@@ -267,7 +268,7 @@ def released_queries(plan: CellPlan, clean_query_codes: torch.Tensor, released: 
         batch_size = in_batches(splits.query, s.attack_batch or ENCODING_BATCH, run, s.device)
         perturbation = statistics.result()
         perturbation.update({name: protected.result()[name] for name in ("universal_share", "saturated_share")})
-        seconds = seconds[0] if protected_queries else 0.0
+        seconds = seconds if protected_queries else 0.0
         outcome = AttackOutcome({0: query_codes}, {}, perturbation, seconds, kept.result(),
                                 batch_size=min(batch_size, len(splits.query)))
         return {"outcome": vars(outcome), "prepare_seconds": 0.0, "prepare_info": {}}
@@ -291,13 +292,14 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
     target_codes: dict[str, list[torch.Tensor]] = {}
     statistics: dict[int, PerturbationStatistics] = {}
     kept = Kept(keep)
-    seconds, done = [0.0], [0]
+    seconds, done = 0.0, 0
 
     def run(x, labels, index):
+        nonlocal seconds, done
         x, labels, batch_targets = x.to(device), labels.to(device), targets[index].to(device)
         synchronize(device)
         started = time.perf_counter()
-        batch = f"attacking queries {done[0] + 1}-{done[0] + len(x)} of {len(queries)}"
+        batch = f"attacking queries {done + 1}-{done + len(x)} of {len(queries)}"
         with torch_settings_kept(attack, "perturb"), compute.attack_precision(device), reporting_iterations(
                 lambda step, steps: stage(f"{batch}: iteration {step}/{steps}")):
             output = attack.perturb(x.clone(), labels.clone(), batch_targets.clone())
@@ -323,9 +325,9 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
             codes.setdefault(iteration, []).append(batch_codes)
         for name, value in aimed.items():
             target_codes.setdefault(name, []).append(value)
-        seconds[0] += elapsed
-        done[0] += len(x)
-        stage(f"attacking {done[0]}/{len(queries)} queries")
+        seconds += elapsed
+        done += len(x)
+        stage(f"attacking {done}/{len(queries)} queries")
 
     ctx = getattr(attack, "ctx", None)
     settled = in_batches(queries, batch_size, run, device, generators=[getattr(ctx, "generator", None)],
@@ -333,7 +335,7 @@ def perturb_queries(attack: Attack, queries: ImageSet, targets: torch.Tensor, ep
     final = max(statistics)
     return AttackOutcome({it: torch.cat(c) for it, c in codes.items()},
                          {name: torch.cat(c) for name, c in target_codes.items()},
-                         statistics[final].result(), seconds[0], kept.result(),
+                         statistics[final].result(), seconds, kept.result(),
                          {it: s.result() for it, s in statistics.items() if it != final},
                          min(settled, len(queries)))
 

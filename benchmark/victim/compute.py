@@ -94,7 +94,7 @@ def batch_for_memory(free_bytes: float, per_image_bytes: float, limit: int) -> i
 
 
 def probe_attack_batch(model: torch.nn.Module, images: torch.Tensor, device: torch.device, limit: int,
-                       precision: ComputeSettings) -> int:
+                       compute: ComputeSettings) -> int:
     """On CUDA, the attack batch from the free memory and the peak memory of one forward and backward (to the
     input) of ``images`` (a few queries) through ``model``, per image; ``limit`` (the number of queries) elsewhere."""
     if device.type != "cuda":
@@ -104,7 +104,7 @@ def probe_attack_batch(model: torch.nn.Module, images: torch.Tensor, device: tor
     before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     x = images.to(device).clone().requires_grad_(True)
-    with precision.attack_precision(device):
+    with compute.attack_precision(device):
         loss = model(x).float().sum()
     torch.autograd.grad(loss, x)
     per_image = (torch.cuda.max_memory_allocated(device) - before) / len(images)
