@@ -34,8 +34,10 @@ epochs = 2
 [block.params.attacks.pgd]
 iterations = 5
 [block.params.attacks.dhta]
-iterations = 40
+iterations = 200
 """
+# DHTA's 200 iterations make its cells last seconds, long enough to be caught in flight on an idle machine
+# (the images and the victims are made by tasks of their own, so a cell is only its attack and its scoring)
 # the test cluster's own token: Ray's cluster utilities do not create one (ray.init does, in ~/.ray), so on a
 # fresh machine a token-mode head would find none and fail to start
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_USAGE_STATS_ENABLED": "0"}
