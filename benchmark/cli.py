@@ -413,6 +413,19 @@ def stage_hours(work) -> str:
     return ", ".join(f"{stage} {work.gpu_hours(stage):.1f}" for stage in work.gflop)
 
 
+def keep_per_query(results: str, cache: str) -> None:
+    """Copy the stored cells' per-query APs from the stage cache into the store (``_per_query.parquet``)."""
+    from benchmark.storage.per_query import export_per_query
+
+    try:
+        added = export_per_query(results, cache)
+    except OSError as exc:  # the cells are stored; only the copy is lost, and the next run makes it
+        print(f"could not copy the per-query APs into {results}/: {exc}", file=sys.stderr)
+        return
+    if added:
+        print(f"per-query APs of {added} cell(s) copied into {results}/_per_query.parquet", file=sys.stderr)
+
+
 def render_leaderboard(results: str, site: str, cache: str | None = None) -> Path:
     from leaderboard.render import render
 
@@ -554,6 +567,7 @@ def run_grid(args: argparse.Namespace) -> int:
         counts = run_on_cluster(runner, cells, args) if args.executor == "ray" else runner.run(cells)
     except KeyboardInterrupt:
         finish_manifest(args, manifest, "interrupted", runner.counts)
+        keep_per_query(args.results, args.cache)
         print("\ninterrupted: finished cells are saved; run the same command again to resume", file=sys.stderr)
         return 130
     except (ResultsNotWritable, OSError, ValueError) as exc:
@@ -563,6 +577,7 @@ def run_grid(args: argparse.Namespace) -> int:
         finish_manifest(args, manifest, "error", runner.counts, reason=f"{type(exc).__name__}: {exc}")
         raise
     finish_manifest(args, manifest, "ok", counts)
+    keep_per_query(args.results, args.cache)
     if not args.no_leaderboard:
         print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
     return 1 if counts["error"] else 0
@@ -602,6 +617,7 @@ def evaluate_model(args: argparse.Namespace) -> int:
     except (ResultsNotWritable, OSError, ValueError) as exc:
         return fail(exc)
     print(summary(rows))
+    keep_per_query(args.results, args.cache)
     if not args.no_leaderboard:
         print(f"leaderboard: {render_leaderboard(args.results, args.site, args.cache)}")
     return 1 if len(rows) and (rows["status"] != "ok").any() else 0

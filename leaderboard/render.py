@@ -515,7 +515,7 @@ def render(results_dir: str | Path = "results", out_dir: str | Path = "leaderboa
     attach_paper_commands(tables, commands)
     configs = ranking.configurations(cells)
     victims = ranking.victim_tables(configs)
-    robust = robustness.robustness_tables(configs, cells, cache_dir)
+    robust = robustness.robustness_tables(configs, cells, robustness.per_query_lookup(results_dir, cache_dir))
     budget = robustness.attack_budget_tables(configs)
     write_table_downloads(out, tables, victims, robust, budget)
     link_victim_entries(victims, robust, entries.write_victim_entries(

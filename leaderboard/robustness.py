@@ -10,8 +10,9 @@ conventions) as the rankings are.
 * **Curves.** Per victim, at each ε: the worst-case mAP over the suite (the lowest of the attacks' mAPs, "worst
   of the means") and the **per-query worst case**: for each query its lowest AP over the suite's attacks, then
   the mean over the queries (never above the worst of the means). The per-query APs are the harness's
-  ``cells/<cell_key>.pt`` cache records (``average_precision["ap"]``, at the dataset's own cut-off); without
-  them (no ``--cache``, or cleaned) the per-query curve is missing and said so.
+  ``cells/<cell_key>.pt`` cache records (``average_precision["ap"]``, at the dataset's own cut-off), which every
+  run also copies into its store as ``_per_query.parquet`` (``benchmark.storage.per_query``), so a published
+  store carries them; where neither holds them the per-query curve is missing and said so.
 * **Ranking.** Victims by the area under the per-query worst-case curve over ε (trapezoid rule over the
   measured ε points, divided by the ε range: the curve's mean height, in mAP), higher is more robust; the
   worst-of-means area where a victim lacks per-query records. The ε range is a choice of measurement range.
@@ -25,34 +26,29 @@ conventions) as the rankings are.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from benchmark.storage.per_query import cached_per_query, read_per_query
 from leaderboard import plots
 from leaderboard.ranking import TABLE, TABLE_CONVENTIONS, VICTIM
 from leaderboard.store import fmt_epsilon, fmt_metric, fmt_seconds, isnum
 
-PER_QUERY_STAGE = "cells"  # benchmark/cell.py saves {"average_precision": {"ap": (Q,), "tap": ...}, ...} here
+APLookup = Callable[[str], "np.ndarray | None"]  # a cell key -> its per-query AP (None: not recorded)
 
 
-def per_query_ap(cache_dir: str | Path | None, cell_key: str) -> np.ndarray | None:
-    """The per-query AP (float64, one per query, NaN where a query has no relevant item) of a cell, from the
-    stage cache; None when the record is absent or unreadable."""
-    if cache_dir is None or not cell_key:
-        return None
-    path = Path(cache_dir) / PER_QUERY_STAGE / f"{cell_key}.pt"
-    if not path.is_file():
-        return None
-    import torch
+def per_query_lookup(results_dir: str | Path, cache_dir: str | Path | None) -> APLookup:
+    """Per-query APs from the store's ``_per_query.parquet`` (copied there at the end of every run), else from
+    the stage cache's ``cells/<cell_key>.pt`` records."""
+    stored = read_per_query(results_dir)
 
-    try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-        ap = stored["value"]["average_precision"]["ap"]
-    except Exception:  # noqa: BLE001 - an unreadable record only loses the per-query curve
-        return None
-    return np.asarray(ap, dtype=np.float64)
+    def ap_of(cell_key: str) -> np.ndarray | None:
+        return stored[cell_key] if cell_key in stored else cached_per_query(cache_dir, cell_key)
+
+    return ap_of
 
 
 def trapezoid_mean(xs: list[float], ys: list[float]) -> float:
@@ -83,7 +79,7 @@ def environment_of(cells: pd.DataFrame) -> list[str]:
     return out
 
 
-def robustness_tables(configs: pd.DataFrame, cells: pd.DataFrame, cache_dir: str | Path | None) -> list[dict]:
+def robustness_tables(configs: pd.DataFrame, cells: pd.DataFrame, ap_of: APLookup) -> list[dict]:
     """One entry per table (dataset, code length, conventions): suite, curves, ranked victims, defenses."""
     white = _white_final(configs)
     if not len(white):
@@ -92,7 +88,7 @@ def robustness_tables(configs: pd.DataFrame, cells: pd.DataFrame, cache_dir: str
     ok = ok[ok["iterations"] == ok.groupby("run")["iterations"].transform("max")]
     tables = []
     for key, t in white.groupby(TABLE, sort=True, dropna=False):
-        table = _one_table(dict(zip(TABLE, key)), t, ok, cache_dir)
+        table = _one_table(dict(zip(TABLE, key)), t, ok, ap_of)
         if table:
             tables.append(table)
     return tables
@@ -108,7 +104,7 @@ def _victim_cells(ok: pd.DataFrame, facts: dict, victim: tuple) -> pd.DataFrame:
     return ok[mask]
 
 
-def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dict | None:
+def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, ap_of: APLookup) -> dict | None:
     untargeted = t[(t["attack"] != "none") & ~t["targeted"] & (t["eps_key"] != "unbounded")]
     clean = t[t["attack"] == "none"]
     victims = sorted({tuple(v) for v in untargeted[VICTIM].itertuples(index=False)})
@@ -124,7 +120,7 @@ def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dic
                 "legend": [], "conventions": {k: facts[k] for k in TABLE_CONVENTIONS if facts[k]},
                 "left_out": [], "note": "no untargeted attack was run on every victim: no common suite"}
     eps_values = [float(e) for e in eps_keys]
-    rows = [_victim_curve(v, by_victim[v], clean, _victim_cells(ok, facts, v), suite, eps_keys, cache_dir)
+    rows = [_victim_curve(v, by_victim[v], clean, _victim_cells(ok, facts, v), suite, eps_keys, ap_of)
             for v in victims]
     rows.sort(key=lambda r: (0 if isnum(r["area"]) else 1, -(r["area"] if isnum(r["area"]) else 0),
                              -(r["clean"] if isnum(r["clean"]) else 0)))
@@ -144,7 +140,7 @@ def _one_table(facts: dict, t: pd.DataFrame, ok: pd.DataFrame, cache_dir) -> dic
 
 
 def _victim_curve(v: tuple, g: pd.DataFrame, clean: pd.DataFrame, vcells: pd.DataFrame, suite: list[str],
-                  eps_keys: list[str], cache_dir) -> dict:
+                  eps_keys: list[str], ap_of: APLookup) -> dict:
     """One victim's row: clean mAP, and per ε the worst of the means and the per-query worst case."""
     vc = clean[(clean[VICTIM] == pd.Series(v, index=VICTIM)).all(axis=1)]
     clean_map = float(vc["map"].mean()) if len(vc) and vc["map"].notna().any() else np.nan
@@ -155,7 +151,7 @@ def _victim_curve(v: tuple, g: pd.DataFrame, clean: pd.DataFrame, vcells: pd.Dat
         aps = []
         for a in suite:
             keys = vcells.loc[(vcells["attack_label"] == a) & (vcells["eps_key"] == e), "cell_key"]
-            found = [x for x in (per_query_ap(cache_dir, k) for k in sorted(set(keys))) if x is not None]
+            found = [x for x in (ap_of(k) for k in sorted(set(keys))) if x is not None]
             if not found:
                 missing_records.append(f"{a} ε {fmt_epsilon(float(e))}")
                 continue

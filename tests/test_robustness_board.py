@@ -12,6 +12,7 @@ import pytest
 import torch
 from result_rows import cell_rows, write_cells
 
+from benchmark.storage.per_query import PER_QUERY_FILE, export_per_query, read_per_query
 from leaderboard import robustness
 from leaderboard.render import PAGES, render
 
@@ -175,3 +176,22 @@ def test_staleness_is_judged_per_store_folder(tmp_path):
     assert "stale cell(s)" not in top and "1 cell(s) from" in top
     sub = (render(published, tmp_path / "site-pub").parent / "index.html").read_text()
     assert "1 stale cell(s) not shown" in sub
+
+
+def test_per_query_aps_copied_into_the_store_rank_without_the_cache(tmp_path):
+    cache = tmp_path / "cache"
+    rows: list = []
+    victim(rows, cache, "dpsh", "none", 0.9, {("pgd", 0): [0.2, 0.2, 0.9, 0.9], ("hag", 0): [0.9, 0.9, 0.2, 0.2]})
+    results = write_cells(tmp_path, rows)
+    save_per_query(cache, "not-a-stored-cell", [0.5] * QUERIES)
+    assert export_per_query(results, cache) == 3  # clean, pgd, hag; the record of no stored cell is not copied
+    assert set(read_per_query(results)) == {"dpsh-none-clean", "dpsh-none-pgd-0", "dpsh-none-hag-0"}
+    assert export_per_query(results, cache) == 0  # nothing new: the file is left as it is
+    assert len(pd.read_parquet(results)) == len(pd.DataFrame(rows))  # the file is not read as a cell
+    html = (render(results, tmp_path / "site", cache_dir=tmp_path / "no-cache").parent / "robustness.html").read_text()
+    assert '"pq">0.2000<' in html and "no per-query record" not in html  # per-query worst: min(0.2, 0.9) etc.
+    (results / "dpsh-none-hag-0.parquet").unlink()  # a pruned cell leaves the file at the next export
+    export_per_query(results, cache)
+    assert set(read_per_query(results)) == {"dpsh-none-clean", "dpsh-none-pgd-0"}
+    (results / PER_QUERY_FILE).write_bytes(b"garbage")
+    assert read_per_query(results) == {}  # unreadable: the curves fall back to the cache, nothing fails

@@ -51,6 +51,17 @@ def test_a_run_writes_one_tidy_table_and_the_leaderboard(tiny_run):
     assert (work / "site" / "index.html").exists() and "leaderboard:" in first.stdout
 
 
+def test_a_run_copies_each_cells_per_query_ap_into_the_store(tiny_run):
+    work, _, _ = tiny_run
+    per_query = pd.read_parquet(work / "results" / "_per_query.parquet")
+    table = pd.read_parquet(work / "results")
+    assert set(per_query["cell_key"]) == set(table["cell_key"])
+    for key, group in per_query.groupby("cell_key"):
+        assert list(group["query"]) == list(range(len(group)))
+        maps = table[(table["cell_key"] == key) & (table["metric"] == "map")]["value"]
+        assert (maps - group["ap"].mean()).abs().min() < 1e-9, key  # the mean of its APs is the cell's mAP
+
+
 def test_a_second_run_takes_every_cell_from_the_cache(tiny_run):
     work, args, _ = tiny_run
     before = {p.name: p.stat().st_mtime_ns for p in (work / "results").glob("*.parquet")}
