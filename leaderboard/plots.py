@@ -148,16 +148,54 @@ def scatter_chart(points: list[dict], xlabel: str, ylabel: str) -> str:
         for a, b in itertools.pairwise(front):
             steps += [f"{px(b['x']):.1f},{py(a['y']):.1f}", f"{px(b['x']):.1f},{py(b['y']):.1f}"]
         out.append(f'<polyline points="{" ".join(steps)}" fill="none" stroke="#d62728" class="series front"/>')
-    for p in points:
+    labels = [p["label"][:28] for p in points]
+    places = place_labels([(px(p["x"]), py(p["y"])) for p in points], labels, (LEFT, TOP, LEFT + pw, TOP + ph))
+    for p, label, (lx, ly, anchor) in zip(points, labels, places):
         colour = "#d62728" if p["front"] else "#1f77b4"
         fill = colour if p["front"] else "white"
         out.append(f'<g class="{"front" if p["front"] else "dominated"}"><title>{escape(p["label"])}: '
                    f'{p["y"]:.4f} at {p["x"]:.3g} s{" (Pareto front)" if p["front"] else ""}</title>'
                    f'<circle cx="{px(p["x"]):.1f}" cy="{py(p["y"]):.1f}" r="4" stroke="{colour}" fill="{fill}"/>'
-                   f'<text x="{px(p["x"]) + 6:.1f}" y="{py(p["y"]) - 5:.1f}" class="pointlabel">'
-                   f'{escape(p["label"][:28])}</text></g>')
+                   f'<text x="{lx:.1f}" y="{ly:.1f}" text-anchor="{anchor}" class="pointlabel">'
+                   f'{escape(label)}</text></g>')
     out.append("</svg>")
     return "".join(out)
+
+
+LABEL_CHAR_WIDTH, LABEL_HEIGHT = 5.6, 11.0  # a point label's box at the scatter's 10 px font (an estimate)
+
+
+def label_box(x: float, y: float, anchor: str, text: str) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom) of a label whose baseline starts (anchor "start") or ends ("end") at x, y."""
+    width = LABEL_CHAR_WIDTH * len(text)
+    left = x if anchor == "start" else x - width
+    return left, y - LABEL_HEIGHT + 2, left + width, y + 2
+
+
+def boxes_overlap(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_labels(anchors: list[tuple[float, float]], texts: list[str],
+                 plot: tuple[float, float, float, float]) -> list[tuple[float, float, str]]:
+    """Where each point's label goes, (x, y, text-anchor): the first of above-right, below-right, above-left,
+    below-left, then further up or down, whose box overlaps no label placed before it and no point, and stays
+    inside ``plot``'s width; the nearest spot when none is free (points placed top to bottom)."""
+    placed: list[tuple[float, float, float, float]] = []
+    dots = [(x - 4, y - 4, x + 4, y + 4) for x, y in anchors]
+    out: list[tuple[float, float, str] | None] = [None] * len(anchors)
+    for i in sorted(range(len(anchors)), key=lambda i: (anchors[i][1], anchors[i][0])):
+        x, y = anchors[i]
+        candidates = [(x + dx, y + dy, anchor) for lift in (0, 1, 2, 3)
+                      for dx, anchor in ((6, "start"), (-6, "end"))
+                      for dy in (-5 - lift * LABEL_HEIGHT, 13 + lift * LABEL_HEIGHT)]
+        inside = [c for c in candidates if plot[0] <= label_box(*c, texts[i])[0] and label_box(*c, texts[i])[2] <= plot[2]]
+        free = [c for c in inside or candidates if not any(boxes_overlap(label_box(*c, texts[i]), other)
+                                                           for other in placed + dots)]
+        choice = (free or inside or candidates)[0]
+        placed.append(label_box(*choice, texts[i]))
+        out[i] = choice
+    return out
 
 
 def loss_curves(info: dict) -> dict[str, list[tuple[float, float]]]:

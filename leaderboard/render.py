@@ -29,6 +29,7 @@ import warnings
 from pathlib import Path
 
 import jinja2
+import markupsafe
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -56,9 +57,18 @@ def _environment() -> jinja2.Environment:
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["json_twin"] = entries.json_twin
+    env.filters["breakable"] = breakable
     env.globals.update(css=(HERE / "static" / "style.css").read_text(),
                        js=(HERE / "static" / "table.js").read_text(), pages=PAGES)
     return env
+
+
+def breakable(text) -> markupsafe.Markup:
+    """``text`` escaped, with line-break chances inside a plugin label (``dhta[iterations=300,step=1]``: before
+    the bracket and after each comma), so that long labels wrap in a table cell instead of widening it."""
+    escaped = str(markupsafe.escape(str(text)))
+    escaped = re.sub(r"(?<=[A-Za-z0-9_])\[", "<wbr>[", escaped)
+    return markupsafe.Markup(re.sub(r",(?=[A-Za-z_])", ",<wbr>", escaped))
 
 
 def _cell(text, sort=None, title="", sub="", num=False) -> dict:
