@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry.discover()
     runner = Runner(registry, args.results, args.cache, device="cpu")
     cells = expand(load_preset(args.grid), registry, parse_filters(args.only))
-    files = list(Path(args.results).glob("*.parquet"))
+    files = list(Path(args.results).glob("[!_.]*.parquet"))
     rows = pd.concat([pd.read_parquet(f) for f in files]) if files else None
     for dataset in dict.fromkeys(c.dataset for c in cells):
         plans = [runner.plan(c) for c in cells if c.dataset == dataset]
