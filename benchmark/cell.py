@@ -47,6 +47,8 @@ def run_cell(plan: CellPlan, s: Session) -> list[dict]:
     metrics, per_query = score_attack(plan, attacked, database, attacker_codes.database, splits, targets, s)
     changed = changed_share(attacked, codes, database)
     metrics.append({"metric": "changed_codes", "value": changed, "iterations": attacked.outcome.final_iterations})
+    if plan.protection is not None and plan.release is not None and plan.cell.scenario[2] == "a":
+        metrics.append({"metric": "released_share", "value": released["database_share"]})  # as drawn, not as asked
     cell_flags = sanity_flags(plan, victim, codes, protection, attacked, changed, targets, splits, s)
     s.cache.save("cells", plan.key, {"adversarial_codes": attacked.outcome.codes[attacked.outcome.final_iterations],
                                      "target_labels": targets, "average_precision": per_query,

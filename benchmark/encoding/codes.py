@@ -8,6 +8,7 @@ an input-gradient probe) are computed with its clean codes and cached with them.
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import torch
@@ -46,7 +47,7 @@ def clean_codes(plan: CodesPlan, victim: Trained, splits: Splits, s: Session) ->
 def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, splits: Splits, s: Session) -> dict:
     """Codes of the protected database (the protection's released share) and of the protected queries."""
     def encode_release() -> dict:
-        defense = protection.defense
+        defense = with_release_parameters(protection.defense, plan, s)
         with torch_settings_kept(defense, "database_mask"):
             mask = defense.database_mask(len(splits.database), torch.Generator().manual_seed(plan.seed))
         if mask.shape != (len(splits.database),) or mask.dtype != torch.bool:
@@ -58,6 +59,20 @@ def released_codes(plan: ReleasePlan, victim: Trained, protection: Protection, s
                 "database_share": float(mask.float().mean())}
 
     return s.cached("codes", plan.key, encode_release)
+
+
+def with_release_parameters(defense, plan: ReleasePlan, s: Session):
+    """The trained protection with this cell's release parameters (``release_parameters``, e.g. PPL's
+    ``database_share``). One protection is trained for every value of them, and the one a run holds in memory
+    was configured by whichever cell needed it first: its own values would release every later cell's share."""
+    names = type(defense).release_parameters
+    if not names:
+        return defense
+    configured = plan.protection.defense.configure(s.registry)
+    released = copy.copy(defense)  # shares the learned state; only the release parameters differ
+    for name in names:
+        setattr(released, name, getattr(configured, name))
+    return released
 
 
 @torch.no_grad()
