@@ -7,7 +7,7 @@ banner; ``strict=True`` raises ``ResultStoreError`` instead. Names starting with
 still in flight, a quarantined ``.corrupt-*`` file, ``.gitkeep``) are not part of the store, as in
 ``benchmark.storage.results``, nor is the leaderboard's own ``results.parquet`` download (marked in its
 parquet metadata, ``DOWNLOAD_MARKER``). A store is one folder: its sub-folders are stores of their own
-(``results/published/paper-cpu``), read, judged stale and pruned only when named as the store.
+(``results/published/paper-cpu-v2``), read, judged stale and pruned only when named as the store.
 
 Words used here and on the pages:
 
