@@ -189,11 +189,11 @@ def place_labels(anchors: list[tuple[float, float]], texts: list[str],
         candidates = [(x + dx, y + dy, anchor) for lift in (0, 1, 2, 3)
                       for dx, anchor in ((6, "start"), (-6, "end"))
                       for dy in (-5 - lift * LABEL_HEIGHT, 13 + lift * LABEL_HEIGHT)]
-        inside = [c for c in candidates if plot[0] <= label_box(*c, texts[i])[0] and label_box(*c, texts[i])[2] <= plot[2]]
-        free = [c for c in inside or candidates if not any(boxes_overlap(label_box(*c, texts[i]), other)
-                                                           for other in placed + dots)]
+        boxes = {c: label_box(*c, texts[i]) for c in candidates}
+        inside = [c for c in candidates if plot[0] <= boxes[c][0] and boxes[c][2] <= plot[2]]
+        free = [c for c in inside or candidates if not any(boxes_overlap(boxes[c], other) for other in placed + dots)]
         choice = (free or inside or candidates)[0]
-        placed.append(label_box(*choice, texts[i]))
+        placed.append(boxes[choice])
         out[i] = choice
     return out
 

@@ -73,7 +73,9 @@ class ResultStoreError(RuntimeError):
 
 def read_results(results_dir: str | Path, strict: bool = False) -> tuple[pd.DataFrame, list[str]]:
     """All rows of the store as one normalised frame, and the warnings (one per file skipped)."""
-    files = sorted(p for p in Path(results_dir).glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+    from benchmark.storage.results import cell_files
+
+    files = cell_files(results_dir)
     frames, warnings = [], []
     for path in files:
         try:

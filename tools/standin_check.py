@@ -29,6 +29,7 @@ from benchmark.planning.grid import expand, load_preset, parse_filters
 from benchmark.plugins import Registry
 from benchmark.running.runner import Runner
 from benchmark.scoring.evaluate import evaluate_queries
+from benchmark.storage.results import cell_files
 from benchmark.victim.train import trained_victim
 
 CUTOFFS = (None, 1000, 5000)
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     registry = Registry.discover()
     runner = Runner(registry, args.results, args.cache, device="cpu")
     cells = expand(load_preset(args.grid), registry, parse_filters(args.only))
-    files = list(Path(args.results).glob("[!_.]*.parquet"))
+    files = cell_files(args.results)
     rows = pd.concat([pd.read_parquet(f) for f in files]) if files else None
     for dataset in dict.fromkeys(c.dataset for c in cells):
         plans = [runner.plan(c) for c in cells if c.dataset == dataset]

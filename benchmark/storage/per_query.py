@@ -18,17 +18,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from benchmark.storage.cache import atomic_write_bytes
+from benchmark.storage.cache import StageCache, atomic_write_bytes
+from benchmark.storage.results import cell_files
 
 log = logging.getLogger("hashbench")
 
 PER_QUERY_FILE = "_per_query.parquet"
 CELL_RECORDS = "cells"  # benchmark/cell.py saves {"average_precision": {"ap": (Q,), ...}, ...} under this stage
-
-
-def stored_cell_keys(results_dir: str | Path) -> list[str]:
-    """The keys of the cell files in the store folder (not its sub-folders)."""
-    return sorted(p.stem for p in Path(results_dir).glob("*.parquet") if not p.name.startswith((".", "_")))
 
 
 def read_per_query(results_dir: str | Path) -> dict[str, np.ndarray]:
@@ -49,15 +45,10 @@ def cached_per_query(cache_dir: str | Path | None, cell_key: str) -> np.ndarray 
     """A cell's per-query AP from the stage cache; None when its record is absent or unreadable."""
     if cache_dir is None or not cell_key:
         return None
-    path = Path(cache_dir) / CELL_RECORDS / f"{cell_key}.pt"
-    if not path.is_file():
-        return None
-    import torch
-
+    record = StageCache(cache_dir).load(CELL_RECORDS, cell_key)  # an unreadable record is moved aside: None
     try:
-        stored = torch.load(path, map_location="cpu", weights_only=False)
-        ap = stored["value"]["average_precision"]["ap"]
-    except Exception:  # noqa: BLE001 - an unreadable record only loses the per-query curve
+        ap = record["average_precision"]["ap"]
+    except (TypeError, KeyError):  # absent, or a record of an older version
         return None
     return np.asarray(ap, dtype=np.float64).reshape(-1)
 
@@ -65,15 +56,14 @@ def cached_per_query(cache_dir: str | Path | None, cell_key: str) -> np.ndarray 
 def export_per_query(results_dir: str | Path, cache_dir: str | Path | None) -> int:
     """Add to the store's file the per-query AP of every stored cell it lacks and the cache holds; returns how
     many cells were added. Cells no longer in the store are dropped from the file (pruned ones)."""
-    keys = stored_cell_keys(results_dir)
+    keys = {path.stem for path in cell_files(results_dir)}
     have = read_per_query(results_dir)
-    kept = {key: ap for key, ap in have.items() if key in set(keys)}
+    kept = {key: ap for key, ap in have.items() if key in keys}
     added = {}
-    for key in keys:
-        if key not in kept:
-            ap = cached_per_query(cache_dir, key)
-            if ap is not None:
-                added[key] = ap
+    for key in sorted(keys - kept.keys()):
+        ap = cached_per_query(cache_dir, key)
+        if ap is not None:
+            added[key] = ap
     if not added and len(kept) == len(have):
         return 0
     frames = [pd.DataFrame({"cell_key": key, "query": np.arange(len(ap), dtype=np.int32), "ap": ap})

@@ -19,6 +19,12 @@ from benchmark.storage.cache import atomic_write_bytes, quarantine
 
 log = logging.getLogger("hashbench")
 
+def cell_files(results_dir: str | Path) -> list[Path]:
+    """The store's cell files: its own ``*.parquet`` (not its sub-folders'), less those named '.' or '_'
+    (a write in flight, a quarantined file, ``_per_query.parquet``)."""
+    return sorted(p for p in Path(results_dir).glob("*.parquet") if p.is_file() and not p.name.startswith((".", "_")))
+
+
 def cell_file(results_dir: str | Path, cell_key: str) -> Path:
     return Path(results_dir) / f"{cell_key}.parquet"
 
