@@ -19,6 +19,7 @@ from benchmark.storage.cache import atomic_write_bytes, quarantine
 
 log = logging.getLogger("hashbench")
 
+
 def cell_files(results_dir: str | Path) -> list[Path]:
     """The store's cell files: its own ``*.parquet`` (not its sub-folders'), less those named '.' or '_'
     (a write in flight, a quarantined file, ``_per_query.parquet``)."""
